@@ -1,0 +1,239 @@
+"""One cache + pub/sub interface with two implementations.
+
+`REDIS_URL` set → `RedisCache` (shared by every replica); unset → `MemoryCache` (one process only).
+Values are bytes; callers encode with msgspec. Both implementations pass the same tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+
+class CacheUnavailable(RuntimeError):
+    """The shared cache cannot be reached right now."""
+
+
+class Subscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]: ...
+
+
+class Cache(Protocol):
+    kind: str
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+    async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None: ...
+    async def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool: ...
+    async def delete(self, *keys: str) -> int: ...
+    async def incr(self, key: str, ttl: float | None = None) -> int: ...
+    async def ttl(self, key: str) -> float | None: ...
+    async def keys(self, pattern: str) -> list[str]: ...
+    async def publish(self, channel: str, message: bytes) -> None: ...
+    def subscribe(self, channels: Iterable[str]) -> AsyncIterator[tuple[str, bytes]]: ...
+    async def ping(self) -> float: ...
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """In-process dictionary with expiry, and in-process pub/sub over asyncio queues."""
+
+    kind = "memory"
+
+    def __init__(self, subscriber_queue_size: int = 10_000) -> None:
+        self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._subscribers: dict[str, set[asyncio.Queue[tuple[str, bytes]]]] = defaultdict(set)
+        self._queue_size = subscriber_queue_size
+
+    def _live(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires is not None and expires <= time.monotonic():
+            del self._data[key]
+            return None
+        return value
+
+    @staticmethod
+    def _expiry(ttl: float | None) -> float | None:
+        return None if ttl is None else time.monotonic() + ttl
+
+    async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self._live(k) for k in keys]
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self._data[key] = (value, self._expiry(ttl))
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
+        expires = self._expiry(ttl)
+        for k, v in items.items():
+            self._data[k] = (v, expires)
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._data[key] = (value, self._expiry(ttl))
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        return sum(1 for k in keys if self._data.pop(k, None) is not None)
+
+    async def incr(self, key: str, ttl: float | None = None) -> int:
+        current = self._live(key)
+        if current is None:
+            self._data[key] = (b"1", self._expiry(ttl))
+            return 1
+        value = int(current) + 1
+        self._data[key] = (str(value).encode(), self._data[key][1])
+        return value
+
+    async def ttl(self, key: str) -> float | None:
+        if self._live(key) is None:
+            return None
+        expires = self._data[key][1]
+        return None if expires is None else max(0.0, expires - time.monotonic())
+
+    async def keys(self, pattern: str) -> list[str]:
+        return [k for k in list(self._data) if fnmatch.fnmatchcase(k, pattern) and self._live(k) is not None]
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        for queue in tuple(self._subscribers.get(channel, ())):
+            if queue.full():  # a stalled subscriber loses its oldest message, never blocks the publisher
+                queue.get_nowait()
+            queue.put_nowait((channel, message))
+
+    async def subscribe(self, channels: Iterable[str]) -> AsyncIterator[tuple[str, bytes]]:
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(self._queue_size)
+        names = list(channels)
+        for name in names:
+            self._subscribers[name].add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            for name in names:
+                self._subscribers[name].discard(queue)
+
+    async def ping(self) -> float:
+        return 0.0
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+class RedisCache:
+    """Redis: shared by all replicas. Errors surface as CacheUnavailable."""
+
+    kind = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                              health_check_interval=10, retry_on_timeout=False)
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise CacheUnavailable(f"redis: {exc}") from exc
+
+    async def get(self, key: str) -> bytes | None:
+        async with self._guard():
+            return await self.client.get(key)
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        async with self._guard():
+            return await self.client.mget(keys)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        async with self._guard():
+            await self.client.set(key, value, px=None if ttl is None else int(ttl * 1000))
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
+        if not items:
+            return
+        async with self._guard():
+            if ttl is None:
+                await self.client.mset(dict(items))
+                return
+            async with self.client.pipeline(transaction=False) as pipe:
+                for k, v in items.items():
+                    pipe.set(k, v, px=int(ttl * 1000))
+                await pipe.execute()
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        async with self._guard():
+            return bool(await self.client.set(key, value, nx=True, px=None if ttl is None else int(ttl * 1000)))
+
+    async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        async with self._guard():
+            return int(await self.client.delete(*keys))
+
+    async def incr(self, key: str, ttl: float | None = None) -> int:
+        async with self._guard():
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                if ttl is not None:
+                    pipe.pexpire(key, int(ttl * 1000), nx=True)
+                result = await pipe.execute()
+            return int(result[0])
+
+    async def ttl(self, key: str) -> float | None:
+        async with self._guard():
+            ms = await self.client.pttl(key)
+        return None if ms < 0 else ms / 1000
+
+    async def keys(self, pattern: str) -> list[str]:
+        async with self._guard():
+            return [k.decode() async for k in self.client.scan_iter(match=pattern, count=500)]
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        async with self._guard():
+            await self.client.publish(channel, message)
+
+    async def subscribe(self, channels: Iterable[str]) -> AsyncIterator[tuple[str, bytes]]:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        async with self._guard():
+            await pubsub.subscribe(*channels)
+        try:
+            while True:
+                async with self._guard():
+                    msg = await pubsub.get_message(timeout=1.0)
+                if msg is not None and msg["type"] == "message":
+                    yield msg["channel"].decode(), msg["data"]
+        finally:
+            try:
+                await pubsub.aclose()
+            except (RedisError, OSError):
+                pass
+
+    async def ping(self) -> float:
+        started = time.perf_counter()
+        async with self._guard():
+            await self.client.ping()
+        return (time.perf_counter() - started) * 1000
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def create_cache(redis_url: str | None) -> MemoryCache | RedisCache:
+    return RedisCache(redis_url) if redis_url else MemoryCache()

@@ -1,0 +1,172 @@
+"""Typed settings, read once from the environment (and an optional `.env` file).
+
+Every setting is documented in README.md and `.env.example`. An invalid value stops start-up with a
+message that names the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    # --- process -------------------------------------------------------------------------------
+    env: Literal["development", "production", "test"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: str = str(PROJECT_ROOT / ".data")
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+    shutdown_timeout: float = 10.0
+
+    # --- database ------------------------------------------------------------------------------
+    database_url: str | None = None  # unset → the embedded cluster under data_dir
+    embedded_pg_port: int = 54329
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_command_timeout: float = 30.0
+    migrate_on_start: bool = True
+
+    # --- cache / pub-sub -----------------------------------------------------------------------
+    redis_url: str | None = None  # unset → in-process cache and pub/sub (one process only)
+
+    # --- auth ----------------------------------------------------------------------------------
+    jwt_secret: str | None = None  # required in production; generated under data_dir otherwise
+    jwt_issuer: str = "wealth-terminal"
+    jwt_audience: str = "wealth-terminal-api"
+    access_token_ttl: int = 900  # seconds; at most 15 minutes
+    refresh_token_ttl: int = 30 * 24 * 3600
+    bcrypt_rounds: int = 12
+    rate_limit_per_minute: int = 600  # global per-client API limit
+    login_attempts_per_minute: int = 10  # failed logins per email and per client address
+
+    # --- market data ---------------------------------------------------------------------------
+    market_feed: Literal["simulator", "polygon", "off"] = "simulator"
+    polygon_api_key: str | None = None
+    polygon_ws_url: str = "wss://socket.polygon.io/stocks"
+    polygon_rest_url: str = "https://api.polygon.io"
+    polygon_channels: str = "T,Q,AM"
+    polygon_symbols: str = "*"
+    simulator_rate: float = 50.0  # trade events per second, whole market
+    trade_retention_days: int = 30
+    ingest_queue_size: int = 200_000
+    ingest_batch_size: int = 5_000
+    ingest_flush_interval: float = 0.05
+    feed_flush_interval: float = 0.1  # WebSocket fan-out batching
+    ws_max_symbols: int = 200
+    ws_max_connections_per_user: int = 10
+
+    # --- analytics / optimizer -----------------------------------------------------------------
+    optimizer_workers: int = 2
+    optimizer_timeout: float = 30.0
+    ai_api_url: str | None = None
+    ai_api_key: str | None = None
+    ai_model: str | None = None
+    ai_timeout: float = 5.0
+
+    # --- monitoring ----------------------------------------------------------------------------
+    metrics_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"invalid setting {name.upper()}: {why}")
+
+        if not 1 <= self.port <= 65535:
+            raise bad("port", f"{self.port} is not a TCP port")
+        if not 1 <= self.db_pool_min <= self.db_pool_max:
+            raise bad("db_pool_max", "must be >= DB_POOL_MIN >= 1")
+        if not 60 <= self.access_token_ttl <= 900:
+            raise bad("access_token_ttl", "must be between 60 and 900 seconds")
+        if self.bcrypt_rounds < 4 or (self.env != "test" and self.bcrypt_rounds < 12):
+            raise bad("bcrypt_rounds", "must be at least 12")
+        if self.rate_limit_per_minute < 1 or self.login_attempts_per_minute < 1:
+            raise bad("rate_limit_per_minute", "limits must be positive")
+        if self.simulator_rate <= 0:
+            raise bad("simulator_rate", "must be positive")
+        if self.optimizer_workers < 1:
+            raise bad("optimizer_workers", "must be at least 1")
+        for name in ("trusted_proxies", "metrics_allowed_networks"):
+            for net in getattr(self, name):
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise bad(name, f"{net!r} is not an IP network") from None
+        if self.env == "production" and not self.jwt_secret:
+            raise bad("jwt_secret", "must be set in production (e.g. `openssl rand -hex 32`)")
+        if self.jwt_secret is not None and len(self.jwt_secret) < 32:
+            raise bad("jwt_secret", "must be at least 32 characters")
+        if self.market_feed == "polygon" and not self.polygon_api_key:
+            raise bad("polygon_api_key", "is required when MARKET_FEED=polygon")
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"postgresql://postgres@127.0.0.1:{self.embedded_pg_port}/wealth_terminal"
+
+    @property
+    def effective_market_feed(self) -> str:
+        return self.market_feed
+
+    def signing_key(self) -> str:
+        """The JWT signing key: configured, or generated once and kept under data_dir."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = Path(self.data_dir) / "jwt_secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip()
+
+
+_TUPLE_FIELDS = {"trusted_proxies", "metrics_allowed_networks"}
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(environ: dict[str, str] | None = None, dotenv: str | Path | None = None) -> Settings:
+    """Build Settings from (dotenv < environment). Raises ConfigError naming a bad variable."""
+    raw: dict[str, str] = {}
+    raw.update(_read_dotenv(Path(dotenv) if dotenv is not None else PROJECT_ROOT / ".env"))
+    raw.update(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(Settings):
+        key = field.name.upper()
+        if key not in raw:
+            continue
+        value = raw[key].strip()
+        if field.name in _TUPLE_FIELDS:
+            values[field.name] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif value == "" and field.default is None:
+            values[field.name] = None
+        else:
+            values[field.name] = value
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        # msgspec says e.g. "Expected `int`, got `str` - at `$.port`"; name the variable instead.
+        msg = str(exc)
+        where = msg.rsplit("$.", 1)[-1].strip("`") if "$." in msg else ""
+        what = msg.split(" - at ")[0]
+        raise ConfigError(f"invalid setting {where.upper() or '?'}: {what}") from None

@@ -1,0 +1,2 @@
+-- The foundation: TimescaleDB for the market data hypertables.
+CREATE EXTENSION IF NOT EXISTS timescaledb;
