@@ -29,3 +29,72 @@ LEFT JOIN LATERAL (
     WHERE daily_bars.symbol = s.symbol AND daily_bars.ts < date_trunc('day', GREATEST(m.ts, d.ts), 'UTC')
     ORDER BY ts DESC LIMIT 1
 ) p ON true;
+
+-- name: create_bar_stage
+CREATE TEMP TABLE IF NOT EXISTS _stage_bars (
+    symbol text, ts timestamptz, open numeric, high numeric, low numeric, close numeric,
+    volume bigint, vwap numeric, trades integer, source text
+) ON COMMIT DELETE ROWS;
+
+-- name: upsert_minute_bars
+-- Polygon re-sends corrected minute bars: the newest version wins; unchanged rows are not rewritten.
+INSERT INTO minute_bars AS m (symbol, ts, open, high, low, close, volume, vwap, trades, source)
+SELECT DISTINCT ON (symbol, ts) symbol, ts, open, high, low, close, volume, vwap, trades, source
+FROM _stage_bars ORDER BY symbol, ts
+ON CONFLICT (symbol, ts) DO UPDATE
+   SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+       volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, trades = EXCLUDED.trades, source = EXCLUDED.source
+ WHERE (m.open, m.high, m.low, m.close, m.volume, m.vwap, m.trades)
+       IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume,
+                         EXCLUDED.vwap, EXCLUDED.trades);
+
+-- name: rollup_daily_from_stage
+-- Rebuild the daily bar of every (symbol, day) touched by the staged minute bars. A daily bar from an
+-- authoritative source (Polygon's daily aggregates, the bundled history) is never overwritten.
+INSERT INTO daily_bars AS d (symbol, ts, open, high, low, close, volume, vwap, trades, source)
+SELECT m.symbol, k.day, first(m.open, m.ts), max(m.high), min(m.low), last(m.close, m.ts), sum(m.volume),
+       NULL, sum(m.trades), 'rollup'
+FROM (SELECT DISTINCT symbol, time_bucket('1 day', ts) AS day FROM _stage_bars) k
+JOIN minute_bars m ON m.symbol = k.symbol AND m.ts >= k.day AND m.ts < k.day + interval '1 day'
+GROUP BY m.symbol, k.day
+ON CONFLICT (symbol, ts) DO UPDATE
+   SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+       volume = EXCLUDED.volume, trades = EXCLUDED.trades
+ WHERE d.source = 'rollup';
+
+-- name: upsert_daily_bars
+INSERT INTO daily_bars AS d (symbol, ts, open, high, low, close, volume, vwap, trades, source)
+SELECT DISTINCT ON (symbol, ts) symbol, ts, open, high, low, close, volume, vwap, trades, source
+FROM _stage_bars ORDER BY symbol, ts
+ON CONFLICT (symbol, ts) DO UPDATE
+   SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+       volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, trades = EXCLUDED.trades, source = EXCLUDED.source
+ WHERE d.source <> 'bundled' OR EXCLUDED.source = 'polygon';
+
+-- name: last_minute_bar
+SELECT max(ts) FROM minute_bars WHERE symbol = $1;
+
+-- name: last_minute_bars
+SELECT s.symbol, (SELECT max(ts) FROM minute_bars m WHERE m.symbol = s.symbol) AS ts
+FROM unnest($1::text[]) AS s(symbol);
+
+-- name: last_daily_bar_any
+SELECT max(ts) FROM daily_bars WHERE symbol = ANY($1::text[]);
+
+-- name: seed_quote_book
+-- Per symbol: the last daily bar (maybe today's) and the close of the day before it.
+SELECT a.symbol, d.ts, d.open, d.high, d.low, d.close, d.volume, p.close AS prev_close
+FROM assets a
+CROSS JOIN LATERAL (SELECT ts, open, high, low, close, volume FROM daily_bars
+                    WHERE daily_bars.symbol = a.symbol ORDER BY ts DESC LIMIT 1) d
+LEFT JOIN LATERAL (SELECT close FROM daily_bars WHERE daily_bars.symbol = a.symbol AND daily_bars.ts < d.ts
+                   ORDER BY ts DESC LIMIT 1) p ON true
+WHERE a.active;
+
+-- name: recent_daily_closes
+SELECT symbol, ts, close FROM daily_bars
+WHERE symbol = ANY($1::text[]) AND ts >= $2
+ORDER BY ts, symbol;
+
+-- name: drop_old_trades
+SELECT count(*) FROM drop_chunks('trades', older_than => $1::interval);
