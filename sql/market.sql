@@ -98,3 +98,75 @@ ORDER BY ts, symbol;
 
 -- name: drop_old_trades
 SELECT count(*) FROM drop_chunks('trades', older_than => $1::interval);
+
+-- name: list_assets
+SELECT symbol, name, type, exchange, currency, sector, active FROM assets
+WHERE ($1::text IS NULL OR symbol ILIKE $1 || '%' OR lower(name) LIKE '%' || lower($1) || '%')
+  AND ($2::text IS NULL OR type = $2)
+  AND ($3::text IS NULL OR symbol > $3)
+ORDER BY symbol
+LIMIT $4;
+
+-- name: get_asset
+SELECT a.symbol, a.name, a.type, a.exchange, a.currency, a.sector, a.active,
+       (SELECT min(ts) FROM daily_bars d WHERE d.symbol = a.symbol) AS history_start,
+       (SELECT max(ts) FROM daily_bars d WHERE d.symbol = a.symbol) AS history_end
+FROM assets a WHERE a.symbol = $1;
+
+-- name: active_symbols
+SELECT symbol FROM assets WHERE active ORDER BY symbol;
+
+-- name: history_minute
+SELECT ts, open, high, low, close, volume FROM minute_bars
+WHERE symbol = $1 AND ts >= $2 AND ts < $3
+ORDER BY ts DESC LIMIT $4;
+
+-- name: history_minute_bucketed
+SELECT time_bucket($5::interval, ts) AS ts, first(open, ts) AS open, max(high) AS high, min(low) AS low,
+       last(close, ts) AS close, sum(volume)::bigint AS volume
+FROM minute_bars
+WHERE symbol = $1 AND ts >= $2 AND ts < $3
+GROUP BY 1 ORDER BY 1 DESC LIMIT $4;
+
+-- name: history_daily
+SELECT ts, open, high, low, close, volume FROM daily_bars
+WHERE symbol = $1 AND ts >= $2 AND ts < $3
+ORDER BY ts DESC LIMIT $4;
+
+-- name: history_daily_bucketed
+SELECT time_bucket($5::interval, ts) AS ts, first(open, ts) AS open, max(high) AS high, min(low) AS low,
+       last(close, ts) AS close, sum(volume)::bigint AS volume
+FROM daily_bars
+WHERE symbol = $1 AND ts >= $2 AND ts < $3
+GROUP BY 1 ORDER BY 1 DESC LIMIT $4;
+
+-- name: breadth
+-- Per day over the window: advancers, decliners, unchanged, new 52-week (252-session) highs and lows,
+-- and how many closes are above their 50- and 200-session moving averages (only symbols with a full
+-- window count). $1 = start of the reported window; 400 more days are read for the averages.
+WITH d AS (
+    SELECT b.symbol, b.ts, b.close,
+           lag(b.close) OVER w AS prev,
+           avg(b.close) OVER (w ROWS BETWEEN 49 PRECEDING AND CURRENT ROW) AS ma50,
+           count(*) OVER (w ROWS BETWEEN 49 PRECEDING AND CURRENT ROW) AS n50,
+           avg(b.close) OVER (w ROWS BETWEEN 199 PRECEDING AND CURRENT ROW) AS ma200,
+           count(*) OVER (w ROWS BETWEEN 199 PRECEDING AND CURRENT ROW) AS n200,
+           max(b.close) OVER (w ROWS BETWEEN 252 PRECEDING AND 1 PRECEDING) AS hi52,
+           min(b.close) OVER (w ROWS BETWEEN 252 PRECEDING AND 1 PRECEDING) AS lo52,
+           count(*) OVER (w ROWS BETWEEN 252 PRECEDING AND 1 PRECEDING) AS n52
+    FROM daily_bars b JOIN assets a ON a.symbol = b.symbol AND a.active
+    WHERE b.ts >= $1::timestamptz - interval '400 days'
+    WINDOW w AS (PARTITION BY b.symbol ORDER BY b.ts)
+)
+SELECT ts,
+       count(*) FILTER (WHERE prev IS NOT NULL AND close > prev) AS advancers,
+       count(*) FILTER (WHERE prev IS NOT NULL AND close < prev) AS decliners,
+       count(*) FILTER (WHERE prev IS NOT NULL AND close = prev) AS unchanged,
+       count(*) FILTER (WHERE n52 >= 252 AND close > hi52) AS new_highs,
+       count(*) FILTER (WHERE n52 >= 252 AND close < lo52) AS new_lows,
+       count(*) FILTER (WHERE n50 = 50) AS with_ma50,
+       count(*) FILTER (WHERE n50 = 50 AND close > ma50) AS above_ma50,
+       count(*) FILTER (WHERE n200 = 200) AS with_ma200,
+       count(*) FILTER (WHERE n200 = 200 AND close > ma200) AS above_ma200
+FROM d WHERE ts >= $1
+GROUP BY ts ORDER BY ts;

@@ -28,7 +28,7 @@ def day_str(day_number: int) -> str:
 
 class _State:
     __slots__ = ("symbol", "price", "size", "trade_ts", "bid", "ask", "bid_size", "ask_size", "quote_ts",
-                 "day", "open", "high", "low", "volume", "prev_close", "last_close", "updated")
+                 "day", "open", "high", "low", "volume", "prev_close", "updated")
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
@@ -46,7 +46,6 @@ class _State:
         self.low: float | None = None
         self.volume = 0
         self.prev_close: Decimal | None = None  # previous day's close
-        self.last_close: Decimal | None = None  # close of `day` when known from storage
         self.updated = 0
 
 
@@ -92,18 +91,19 @@ class QuoteBook:
         self.forward_trades = True
 
     # --- seeding from storage ----------------------------------------------------------------
-    def seed(self, symbol: str, *, prev_close: Decimal | None, day: int | None = None, open_: float | None = None,
-             high: float | None = None, low: float | None = None, close: Decimal | None = None,
-             volume: int = 0, ts: int | None = None) -> None:
+    def seed(self, symbol: str, *, prev_close: Decimal | None, price: float | None = None,
+             price_ts: int | None = None, day: int | None = None, open_: float | None = None,
+             high: float | None = None, low: float | None = None, volume: int = 0,
+             bid: float | None = None, ask: float | None = None) -> None:
+        """Start from stored state: the last price, and today's statistics when `day` is today."""
         st = self.states.get(symbol) or self._new(symbol)
         st.prev_close = prev_close
+        st.price, st.trade_ts = price, price_ts
+        st.bid, st.ask = bid, ask
         if day is not None:
             st.day = day
             st.open, st.high, st.low, st.volume = open_, high, low, volume
-            st.last_close = close
-            if close is not None and st.price is None:
-                st.price = float(close)
-                st.trade_ts = ts
+        st.updated = price_ts or 0
         self.dirty.add(symbol)
 
     def _new(self, symbol: str) -> _State:
@@ -116,12 +116,9 @@ class QuoteBook:
             return
         if st.day >= 0 and st.price is not None:
             st.prev_close = Decimal(repr(st.price))
-        elif st.last_close is not None:
-            st.prev_close = st.last_close
         st.day = day
         st.open = st.high = st.low = None
         st.volume = 0
-        st.last_close = None
 
     # --- events (the hot path) -----------------------------------------------------------------
     def on_trade(self, ev: Trade) -> None:
@@ -215,7 +212,7 @@ class QuoteBook:
             if st.price is not None and st.prev_close:
                 price = Decimal(repr(st.price))
                 change = str(price - st.prev_close)
-                change_pct = str(((price - st.prev_close) / st.prev_close * 100).quantize(Decimal("0.01")))
+                change_pct = str(((price - st.prev_close) / st.prev_close * 100).quantize(Decimal("0.0001")))
             out.setdefault(sym, {})["quotes"] = [FeedQuote(sym, repr(q.bp), repr(q.ap), q.bs, q.as_, q.t,
                                                            None if st.price is None else repr(st.price),
                                                            change, change_pct, st.volume)]
