@@ -395,3 +395,29 @@ async def test_no_password_hash_or_token_in_logs_or_foreign_responses(client, da
             assert secret not in body
     for body in bodies:
         assert "password" not in body and "$2b$" not in body
+
+
+async def test_redis_outage_keeps_tokens_working_and_login_fails_closed(test_env):
+    """Own Redis, stopped mid-test: authenticated requests fall back to the database (and the global
+    rate limit fails open); logins answer 503 rather than guess without brute-force limits; once Redis
+    is back, everything works again."""
+    from tests.support.services import RedisServer
+
+    server = RedisServer()
+    server.start()
+    try:
+        settings = make_settings(test_env, redis_url=server.url)
+        async with AsyncTestClient(app=create_app(settings)) as c:
+            u = await register_user(c)
+            assert await _me(c, u.access_token) == 200
+            server.stop()
+            assert await _me(c, u.access_token) == 200
+            r = await _login(c, u.email, u.password)
+            assert r.status_code == 503 and "retry-after" in r.headers
+            await c.post("/api/auth/logout", headers=u.headers)  # committed in the database
+            assert await _me(c, u.access_token) == 401
+            server.start()
+            assert (await _login(c, u.email, u.password)).status_code == 200
+            assert await _me(c, u.access_token) == 401
+    finally:
+        server.destroy()
