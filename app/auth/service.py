@@ -23,7 +23,7 @@ from app.auth.models import AuthUser
 from app.auth.schemas import (
     AdminUserOut, AdminUserPatch, AuthOut, ProfileOut, ProfilePatch, RegisterIn, SessionOut, UserOut, UserPage,
 )
-from app.auth.tokens import GONE, issue_access_token, mark_gone, refresh_states
+from app.auth.tokens import issue_access_token, mark_gone, refresh_states
 from app.cache import CacheUnavailable
 from app.context import AppContext
 from app.db import sql_file
@@ -321,5 +321,3 @@ async def admin_update_user(ctx: AppContext, admin: AuthUser, user_id: uuid.UUID
                                              "role": row["role"], "disabled": row["disabled"]})
     return admin_user_out(row)
 
-
-__all__ = ["Client", "register", "login", "refresh", "logout", "GONE"]

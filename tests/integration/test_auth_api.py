@@ -285,3 +285,16 @@ async def test_create_admin_command(client, test_env, unique):
     assert out.returncode != 0 and "WT_ADMIN_PASSWORD" in out.stderr
     out = await asyncio.to_thread(_cli, test_env, "create-admin", f"weak-{unique}@example.com", password="password")
     assert out.returncode != 0 and "common" in out.stderr
+
+
+async def test_an_expired_session_cannot_refresh_nor_be_listed(client, database_url):
+    u = await register_user(client)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1", u.id)
+    finally:
+        await conn.close()
+    assert (await client.post("/api/auth/refresh", json={"refresh_token": u.refresh_token})).status_code == 401
+    fresh = (await _login(client, u.email, u.password)).json()
+    sessions = (await client.get("/api/auth/sessions", headers=_bearer(fresh["access_token"]))).json()
+    assert [s["current"] for s in sessions] == [True]
