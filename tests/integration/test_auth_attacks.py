@@ -293,6 +293,27 @@ async def test_brute_force_per_client_address_is_429(limited_app):
         assert r.status_code == 200
 
 
+async def test_a_parallel_burst_of_guesses_gets_no_more_than_the_limit_checked(limited_app):
+    """Attempts are counted atomically before the password is checked, so firing guesses all at once
+    does not slip past the limit."""
+    async with httpx.AsyncClient(base_url=limited_app.base_url, timeout=30) as http:
+        email, _ = await _register(http, _ip())
+        results = await asyncio.gather(*[
+            http.post("/api/auth/login", json={"email": email, "password": f"guess {i}"},
+                      headers={"X-Forwarded-For": _ip()}) for i in range(12)])
+        codes = [r.status_code for r in results]
+        assert codes.count(401) <= 3 and codes.count(429) >= 9, codes
+
+
+async def test_successful_logins_do_not_use_up_the_failure_budget(limited_app):
+    async with httpx.AsyncClient(base_url=limited_app.base_url) as http:
+        ip = _ip()
+        email, pw = await _register(http, ip)
+        for _ in range(5):
+            r = await http.post("/api/auth/login", json={"email": email, "password": pw}, headers={"X-Forwarded-For": ip})
+            assert r.status_code == 200
+
+
 async def test_global_rate_limit_per_client_is_429(limited_app):
     async with httpx.AsyncClient(base_url=limited_app.base_url) as http:
         ip = _ip()
