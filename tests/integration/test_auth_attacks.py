@@ -175,6 +175,13 @@ async def test_user_on_admin_routes_is_403(client):
     assert await _me(client, other.access_token) == 200
 
 
+async def test_health_schema_and_the_three_auth_endpoints_need_no_token(client):
+    assert (await client.get("/health/live")).status_code == 200
+    assert (await client.get("/schema/openapi.json")).status_code == 200
+    for path in ("/api/auth/register", "/api/auth/login", "/api/auth/refresh"):
+        assert (await client.post(path, json={})).status_code == 400  # validation, not 401
+
+
 async def test_paths_that_merely_look_public_are_not(client):
     u = await register_user(client)
     for path in ("//api/user/me", "/api/user/me/", "/api//user/me", "/api/auth/login/../../user/me"):
@@ -305,6 +312,16 @@ async def test_a_parallel_burst_of_guesses_gets_no_more_than_the_limit_checked(l
         assert codes.count(401) <= 3 and codes.count(429) >= 9, codes
 
 
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(limited_app):
+    async with httpx.AsyncClient(base_url=limited_app.base_url) as http:
+        ip = _ip()
+        email, pw = await _register(http, ip)
+        token = (await http.post("/api/auth/login", json={"email": email, "password": pw},
+                                 headers={"X-Forwarded-For": f"203.0.113.9, {ip}"})).json()["access_token"]
+        sessions = (await http.get("/api/auth/sessions", headers=_bearer(token))).json()
+        assert {s["ip"] for s in sessions} == {ip}  # the rightmost hop not trusted, never the spoofable left
+
+
 async def test_successful_logins_do_not_use_up_the_failure_budget(limited_app):
     async with httpx.AsyncClient(base_url=limited_app.base_url) as http:
         ip = _ip()
@@ -396,6 +413,9 @@ async def test_no_password_hash_or_token_in_logs_or_foreign_responses(client, da
     await client.post("/api/user/me/password", headers=_bearer(pair["access_token"]),
                       json={"current_password": password, "new_password": "another secret passphrase"})
     await make_admin(database_url, u.id)
+    forged = jwt.encode({"sub": str(u.id), "note": "forged-token-marker"}, "k" * 40, algorithm="HS256")
+    await client.get("/api/user/me", headers=_bearer(forged))
+    await client.post("/api/auth/refresh", json={"refresh_token": "wtr_guessed-refresh-marker"})
     bodies = [(await client.get(p, headers=_bearer(pair["access_token"]))).text
               for p in ("/api/user/me", "/api/auth/sessions", "/api/user?limit=200")]
     import asyncpg
@@ -406,7 +426,8 @@ async def test_no_password_hash_or_token_in_logs_or_foreign_responses(client, da
     finally:
         await conn.close()
     secrets = [password, "another secret passphrase", "wrong password here", stored_hash, stored_hash[7:29],
-               u.refresh_token, pair["refresh_token"], u.access_token.split(".")[2], pair["access_token"].split(".")[2]]
+               u.refresh_token, pair["refresh_token"], u.access_token.split(".")[2], pair["access_token"].split(".")[2],
+               forged.split(".")[2], "guessed-refresh-marker"]
     formatter = JsonFormatter()
     lines = "\n".join(formatter.format(rec) for rec in caplog.records)
     assert caplog.records, "expected some log records"
