@@ -126,3 +126,6 @@ SELECT s.id, s.user_id, u.email, u.role, u.disabled, s.revoked_at IS NOT NULL AS
        extract(epoch FROM s.expires_at)::float8 AS expires_at
 FROM sessions s JOIN users u ON u.id = s.user_id
 WHERE s.id = ANY($1::uuid[])
+
+-- name: rehash_password
+UPDATE users SET password_hash = $2 WHERE id = $1

@@ -200,7 +200,7 @@ async def login(ctx: AppContext, email: str, password: str, client: Client) -> A
     if row["disabled"]:
         raise Forbidden("this account is disabled")
     if passwords.needs_rehash(stored, ctx.settings.bcrypt_rounds):
-        await ctx.db.execute(q("update_password"), row["id"], await hash_password(ctx, password))
+        await ctx.db.execute(q("rehash_password"), row["id"], await hash_password(ctx, password))
     async with ctx.db.transaction() as conn:
         user_row = await conn.fetchrow(q("user_by_id"), row["id"])
         out = await _start_session(ctx, conn, user_row, client)
