@@ -6,10 +6,13 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
 import re
 import secrets
+import time
 import uuid
 import zoneinfo
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -21,7 +24,7 @@ from app.auth.models import AuthUser
 from app.auth.schemas import (
     AdminUserOut, AdminUserPatch, AuthOut, ProfileOut, ProfilePatch, RegisterIn, SessionOut, UserOut, UserPage,
 )
-from app.auth.tokens import GONE, issue_access_token, mark_gone, refresh_states
+from app.auth.tokens import issue_access_token, mark_gone, refresh_states
 from app.cache import CacheUnavailable
 from app.context import AppContext
 from app.db import sql_file
@@ -79,13 +82,24 @@ class Client(msgspec.Struct, frozen=True):
 
 
 # --- passwords off the event loop ---------------------------------------------------------------------
+# bcrypt runs in threads of its own (it releases the GIL), at most one fewer than there are cores, so a
+# burst of logins can neither block the event loop nor take every core from it, nor fill the default
+# executor that other code relies on. Surplus logins queue here.
+
+PASSWORD_THREADS = max(1, (os.cpu_count() or 2) - 1)
+_password_pool = ThreadPoolExecutor(max_workers=PASSWORD_THREADS, thread_name_prefix="bcrypt")
+
+
+async def _off_loop(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(_password_pool, fn, *args)
+
 
 async def hash_password(ctx: AppContext, password: str) -> str:
-    return await asyncio.to_thread(passwords.hash_password, password, ctx.settings.bcrypt_rounds)
+    return await _off_loop(passwords.hash_password, password, ctx.settings.bcrypt_rounds)
 
 
 async def verify_password(password: str, password_hash: str) -> bool:
-    return await asyncio.to_thread(passwords.verify_password, password, password_hash)
+    return await _off_loop(passwords.verify_password, password, password_hash)
 
 
 @lru_cache(maxsize=4)
@@ -94,7 +108,7 @@ def _dummy_hash(rounds: int) -> str:
 
 
 async def dummy_hash(ctx: AppContext) -> str:
-    return await asyncio.to_thread(_dummy_hash, ctx.settings.bcrypt_rounds)
+    return await _off_loop(_dummy_hash, ctx.settings.bcrypt_rounds)
 
 
 def check_password_policy(password: str, email: str | None, field: str = "password") -> None:
@@ -130,50 +144,63 @@ async def register(ctx: AppContext, data: RegisterIn, client: Client) -> AuthOut
     return out
 
 
-def _limit_keys(email: str, ip: str) -> list[str]:
-    digest = hashlib.sha256(email.encode()).hexdigest()[:32]
-    return [f"auth:login-fail:email:{digest}", f"auth:login-fail:ip:{ip}"]
+class LoginLimiter:
+    """Failed logins per email and per client address, LOGIN_ATTEMPTS_PER_MINUTE each, in fixed
+    one-minute windows, counted in `ctx.cache` (Redis: shared by every replica).
 
+    An attempt is counted *before* its password is checked (an atomic INCR), and credited back as a
+    success afterwards, so failures = attempts − successes. Counting first is what stops a burst of
+    parallel guesses: each one's INCR is atomic, so at most the limit of them are ever verified —
+    checking a counter first and counting failures afterwards would let them all through. Both counters
+    of a window share its key suffix and expiry, so credit never leaks into the next window."""
 
-async def _check_login_limit(ctx: AppContext, keys: list[str]) -> None:
-    limit = ctx.settings.login_attempts_per_minute
-    try:
-        counts = await ctx.cache.get_many(keys)
-        blocked = [k for k, v in zip(keys, counts) if v is not None and int(v) >= limit]
-        if blocked:
-            ttls = [await ctx.cache.ttl(k) for k in blocked]
-            retry = max(1, math.ceil(max((t or LOGIN_WINDOW) for t in ttls)))
+    def __init__(self, ctx: AppContext, email: str, ip: str) -> None:
+        self.ctx = ctx
+        now = time.time()
+        bucket = int(now // LOGIN_WINDOW)
+        self.retry_after = max(1, math.ceil((bucket + 1) * LOGIN_WINDOW - now))
+        digest = hashlib.sha256(email.encode()).hexdigest()[:32]
+        self.prefixes = [f"auth:login:email:{digest}:{bucket}", f"auth:login:ip:{ip}:{bucket}"]
+
+    async def begin(self) -> None:
+        """Count this attempt; 429 when failures in this window already reach the limit."""
+        limit = self.ctx.settings.login_attempts_per_minute
+        ttl = LOGIN_WINDOW * 2
+        try:
+            attempts = [await self.ctx.cache.incr(f"{p}:n", ttl=ttl) for p in self.prefixes]
+            successes = await self.ctx.cache.get_many([f"{p}:ok" for p in self.prefixes])
+        except CacheUnavailable:
+            # The limiter is a security control: without it, refuse rather than allow unlimited guessing.
+            raise ServiceUnavailable("login is temporarily unavailable", headers={"Retry-After": "5"}) from None
+        # This attempt is included in `attempts` and not yet in the successes: it is one of the failures.
+        if any(n - int(ok or 0) > limit for n, ok in zip(attempts, successes)):
             raise AppError("too many failed logins; try again later", status_code=429,
-                           headers={"Retry-After": str(retry)}, retry_after=retry)
-    except CacheUnavailable:
-        # The limiter is a security control: without it, refuse rather than allow unlimited guessing.
-        raise ServiceUnavailable("login is temporarily unavailable", headers={"Retry-After": "5"}) from None
+                           headers={"Retry-After": str(self.retry_after)}, retry_after=self.retry_after)
 
-
-async def _count_failure(ctx: AppContext, keys: list[str]) -> None:
-    try:
-        for key in keys:
-            await ctx.cache.incr(key, ttl=LOGIN_WINDOW)
-    except CacheUnavailable:
-        pass
+    async def succeeded(self) -> None:
+        try:
+            for p in self.prefixes:
+                await self.ctx.cache.incr(f"{p}:ok", ttl=LOGIN_WINDOW * 2)
+        except CacheUnavailable:
+            pass
 
 
 async def login(ctx: AppContext, email: str, password: str, client: Client) -> AuthOut:
     email = normalize_email(email)
-    keys = _limit_keys(email, client.ip)
-    await _check_login_limit(ctx, keys)
+    limiter = LoginLimiter(ctx, email, client.ip)
+    await limiter.begin()
     row = await ctx.db.fetchrow(q("user_for_login"), email)
     # Unknown email: verify against a dummy hash all the same, so both failures take the same time.
     stored = row["password_hash"] if row is not None else await dummy_hash(ctx)
     ok = await verify_password(password, stored)
     if row is None or not ok:
-        await _count_failure(ctx, keys)
         log.info("login failed", extra={"known_user": row is not None, "client": client.ip})
         raise Unauthorized(BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"})
+    await limiter.succeeded()  # the password was right: not a failed login (even if the account is disabled)
     if row["disabled"]:
         raise Forbidden("this account is disabled")
     if passwords.needs_rehash(stored, ctx.settings.bcrypt_rounds):
-        await ctx.db.execute(q("update_password"), row["id"], await hash_password(ctx, password))
+        await ctx.db.execute(q("rehash_password"), row["id"], await hash_password(ctx, password))
     async with ctx.db.transaction() as conn:
         user_row = await conn.fetchrow(q("user_by_id"), row["id"])
         out = await _start_session(ctx, conn, user_row, client)
@@ -181,38 +208,31 @@ async def login(ctx: AppContext, email: str, password: str, client: Client) -> A
     return out
 
 
-class _Reuse(Exception):
-    def __init__(self, session_id: uuid.UUID) -> None:
-        self.session_id = session_id
-
-
 async def refresh(ctx: AppContext, token: str, client: Client) -> AuthOut:
     """Rotate: the presented refresh token is spent, a new pair is issued for the same session.
     A spent token presented again means it leaked (or a client raced itself): the whole session
-    (token family) is revoked and its access tokens die with it."""
+    (token family) is revoked, in the database first, and its access tokens die with it."""
     presented = hash_refresh_token(token)
     invalid = Unauthorized("invalid refresh token", headers={"WWW-Authenticate": "Bearer"})
-    try:
-        async with ctx.db.transaction() as conn:
-            row = await conn.fetchrow(q("session_for_refresh"), presented)
-            if row is None:
-                reused = await conn.fetchval(q("used_refresh_session"), presented)
-                if reused is None:
-                    raise invalid
+    reused: uuid.UUID | None = None
+    async with ctx.db.transaction() as conn:
+        row = await conn.fetchrow(q("session_for_refresh"), presented)
+        if row is None:
+            reused = await conn.fetchval(q("used_refresh_session"), presented)
+            if reused is not None:
                 await conn.execute(q("revoke_session"), reused, "refresh token reuse")
-                raise _Reuse(reused)
-            if row["revoked_at"] is not None or row["expired"] or row["disabled"]:
-                raise invalid
+        elif row["revoked_at"] is None and not row["expired"] and not row["disabled"]:
             new_token, new_hash = new_refresh_token()
             await conn.execute(q("insert_used_refresh"), presented, row["id"])
             await conn.execute(q("rotate_refresh"), row["id"], new_hash, client.user_agent, client.ip)
             user_row = await conn.fetchrow(q("user_by_id"), row["user_id"])
-    except _Reuse as reuse:
-        log.warning("refresh token reuse: session revoked", extra={"session_id": str(reuse.session_id)})
-        await refresh_states(ctx, [reuse.session_id], reason="refresh token reuse")
-        raise invalid from None
-    return AuthOut(user=user_out(user_row), access_token=issue_access_token(ctx.settings, row["user_id"], row["id"]),
-                   refresh_token=new_token, expires_in=ctx.settings.access_token_ttl)
+            return AuthOut(user=user_out(user_row),
+                           access_token=issue_access_token(ctx.settings, row["user_id"], row["id"]),
+                           refresh_token=new_token, expires_in=ctx.settings.access_token_ttl)
+    if reused is not None:
+        log.warning("refresh token reuse: session revoked", extra={"session_id": str(reused)})
+        await refresh_states(ctx, [reused], reason="refresh token reuse")
+    raise invalid
 
 
 async def logout(ctx: AppContext, user: AuthUser) -> None:
@@ -315,5 +335,3 @@ async def admin_update_user(ctx: AppContext, admin: AuthUser, user_id: uuid.UUID
                                              "role": row["role"], "disabled": row["disabled"]})
     return admin_user_out(row)
 
-
-__all__ = ["Client", "register", "login", "refresh", "logout", "GONE"]
