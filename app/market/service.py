@@ -297,8 +297,9 @@ class MarketService:
             "leader_since": self.leader_since if self.is_leader else None,
             **self._rates,
             "lag_ms": p.lag_ms if p else None, "queue_depth": p.depth() if p else 0,
-            "dropped": p.dropped if p else 0, "rejected": self.decoder.rejected,
-            "last_rejection": self.decoder.last_error, "published_batches": self.published,
+            "dropped": p.dropped if p else 0,
+            "rejected": self.decoder.rejected + (p.rejected if p else 0),
+            "last_rejection": (p.last_rejection if p and p.last_rejection else None) or self.decoder.last_error, "published_batches": self.published,
             "publish_errors": self.publish_errors, "feed_error": self.feed_error,
             **self.hub.status(),
         }

@@ -24,7 +24,7 @@ def trade(sym="AAPL", p=10.0, s=100, t=T0, **kw) -> dict:
 
 def test_decoder_types_every_polygon_event():
     d = FrameDecoder()
-    frame = [trade(c=[12, 37], q=5, z=3),
+    frame = [trade(c=[12, 37], q=5, z=3, trfi=1),
              {"ev": "Q", "sym": "AAPL", "bx": 4, "bp": 9.99, "bs": 2, "ax": 7, "ap": 10.01, "as": 3, "c": 0, "t": T0,
               "q": 6, "z": 3, "i": [1]},
              {"ev": "AM", "sym": "AAPL", "v": 10, "av": 100, "op": 9.5, "vw": 10.0, "o": 9.9, "c": 10.1, "h": 10.2,
@@ -33,7 +33,7 @@ def test_decoder_types_every_polygon_event():
              {"ev": "status", "status": "success", "message": "subscribed to: T.AAPL"}]
     events = d.decode(json.dumps(frame).encode())
     assert [type(e) for e in events] == [Trade, Quote, MinuteAgg, SecondAgg, Status]
-    assert events[0].c == [12, 37] and events[1].as_ == 3 and events[2].av == 100
+    assert events[0].q == 5 and events[1].as_ == 3 and events[2].av == 100
     assert d.rejected == 0
 
 
@@ -41,14 +41,27 @@ def test_decoder_rejects_and_counts_malformed_events_keeping_the_good_ones():
     d = FrameDecoder()
     good = trade()
     bad = [trade(p=-1), trade(p=0), trade(s=10**12), trade(t=5), {"ev": "ZZ"}, {"ev": "T", "sym": "X"},
-           trade(sym=""), trade(p="12"), {**trade(), "p": None},
-           {"ev": "Q", "sym": "A", "bp": 20.0, "ap": 10.0, "t": T0},  # crossed by 2x
-           {"ev": "AM", "sym": "A", "o": 10, "h": 9, "l": 8, "c": 8.5, "v": 1, "s": T0}]  # open above high
+           trade(sym=""), trade(p="12"), {**trade(), "p": None}]
     events = d.decode(json.dumps([good, *bad, good]).encode())
     assert len(events) == 2 and d.rejected == len(bad)
     assert d.decode(b"[{\"ev\":\"T\",\"sym\":\"A\",\"p\":NaN,\"s\":1,\"t\":1733300000000}]") == []
     assert d.decode(b"not json") == [] and d.decode(b'{"ev":"T"}') == [] and d.decode(b"") == []
     assert d.rejected == len(bad) + 4 and d.last_error
+
+
+def test_pipeline_rejects_crossed_quotes_and_inconsistent_bars():
+    from app.market.ingest import Pipeline
+
+    d = FrameDecoder()
+    p = Pipeline(None, queue_size=10, batch_size=5, flush_interval=1, book=QuoteBook())  # type: ignore[arg-type]
+    events = d.decode(json.dumps([
+        {"ev": "Q", "sym": "A", "bp": 20.0, "ap": 10.0, "t": T0},  # crossed by 2x
+        {"ev": "AM", "sym": "A", "o": 10, "h": 9, "l": 8, "c": 8.5, "v": 1, "s": T0},  # open above high
+        {"ev": "Q", "sym": "A", "bp": 9.99, "ap": 10.01, "t": T0},
+        {"ev": "AM", "sym": "A", "o": 10, "h": 11, "l": 8, "c": 8.5, "v": 1, "s": T0}]).encode())
+    p.submit(events)
+    assert p.rejected == 2 and "inconsistent bar" in p.last_rejection
+    assert len(p.bars) == 1 and p.book.states["A"].bid == 9.99
 
 
 def test_quote_book_day_statistics_and_roll_over():
