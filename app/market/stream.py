@@ -78,11 +78,20 @@ _published_decoder = msgspec.json.Decoder(Published)
 
 
 class Batch:
-    __slots__ = ("events", "frames")
+    __slots__ = ("events", "frames", "texts")
 
     def __init__(self, events: dict[str, dict[str, list[msgspec.Raw]]]) -> None:
         self.events = events
         self.frames: dict[frozenset, list[bytes]] = {}
+        self.texts: dict[frozenset, str | None] = {}  # the whole frame, shared by equal subscribers
+
+    def text_for(self, signature: frozenset, order: tuple) -> str | None:
+        if signature in self.texts:
+            return self.texts[signature]
+        parts = self.parts_for(signature, order)
+        text = (b"[" + b",".join(parts) + b"]").decode() if parts else None
+        self.texts[signature] = text
+        return text
 
     def parts_for(self, signature: frozenset, order: tuple) -> list[bytes]:
         parts = self.frames.get(signature)
@@ -178,7 +187,11 @@ class FeedConnection:
         self.conflated += len(self.backlog)
         self.backlog = []
 
-    def _take_frame(self) -> bytes | None:
+    def _take_frame(self) -> str | None:
+        if len(self.backlog) == 1 and self.latest is None and not self.extra:  # the common case: shared text
+            b = self.backlog[0]
+            self.backlog = []
+            return b.text_for(self.signature, self.order)
         if self.latest is not None or len(self.backlog) > 1:
             if len(self.backlog) > 1 or self.latest is not None:
                 self._fold()
@@ -194,7 +207,7 @@ class FeedConnection:
             self.extra = []
         if not parts:
             return None
-        return b"[" + b",".join(parts) + b"]"
+        return (b"[" + b",".join(parts) + b"]").decode()
 
     async def writer(self) -> None:
         timeout = self.hub.ctx.settings.ws_slow_client_timeout
@@ -210,7 +223,7 @@ class FeedConnection:
                 continue
             try:
                 async with asyncio.timeout(timeout):
-                    await self.socket.send_data(frame.decode(), mode="text")
+                    await self.socket.send_data(frame, mode="text")
             except TimeoutError:
                 # Stop feeding it at once; the close frame goes out when its socket takes data again
                 # (or the protocol's ping timeout ends the connection).
