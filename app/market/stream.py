@@ -40,6 +40,7 @@ from app.market.ingest import RateLimitedLog
 log = logging.getLogger("app.market.stream")
 
 FEED_CHANNEL = "market:feed"
+REVOKED_CHANNEL = "auth:sessions:revoked"  # published by the auth domain when sessions end
 CHANNELS = ("trades", "quotes", "bars")
 AUTH_TIMEOUT = 10.0
 HEARTBEAT_INTERVAL = 15.0
@@ -282,8 +283,11 @@ class FeedHub:
     async def _consume(self) -> None:
         while True:
             try:
-                async for _channel, message in self.ctx.cache.subscribe([FEED_CHANNEL]):
-                    self.dispatch(message)
+                async for channel, message in self.ctx.cache.subscribe([FEED_CHANNEL, REVOKED_CHANNEL]):
+                    if channel == FEED_CHANNEL:
+                        self.dispatch(message)
+                    else:
+                        self.revoke(message)
             except asyncio.CancelledError:
                 raise
             except (CacheUnavailable, OSError) as exc:
@@ -306,6 +310,19 @@ class FeedHub:
         batch = Batch(published.e)
         for conn in self.connections:
             conn.offer(batch)
+
+    def revoke(self, message: bytes) -> None:
+        """A session ended (logout, password change, account disabled…): close its sockets."""
+        try:
+            body = _decode_any.decode(message)
+            ended = {str(s) for s in body.get("session_ids") or []}
+            reason = str(body.get("reason") or "session ended")
+        except (msgspec.DecodeError, AttributeError, TypeError):
+            return
+        for conn in list(self.connections):
+            if str(getattr(conn.user, "session_id", "")) in ended:
+                self.connections.discard(conn)
+                asyncio.create_task(conn.close(CLOSE_UNAUTHORIZED, f"session ended: {reason}"[:120]))
 
     async def known(self, symbols: list[str]) -> set[str]:
         if time.monotonic() - self._known_at > 30 or any(s not in self._known for s in symbols):
