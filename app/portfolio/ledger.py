@@ -167,6 +167,7 @@ class Position(msgspec.Struct, kw_only=True):
     realized_pnl: Decimal = ZERO
     income: Decimal = ZERO  # dividends received on this symbol
     fees: Decimal = ZERO  # trade fees paid on this symbol (already inside cost / proceeds)
+    last_price: Decimal | None = None  # of the last buy or sale: the fallback when no market price exists
 
     @property
     def quantity(self) -> Decimal:
@@ -258,6 +259,7 @@ class LedgerState(msgspec.Struct, kw_only=True):
                 else:
                     pos.lots.append(Lot(quantity=qty, cost=cost, opened_at=tx.executed_at))
                 pos.fees += tx.fee
+                pos.last_price = price
                 self.fees += tx.fee
                 self._debit(cost)
             elif t is TxType.SELL:
@@ -272,6 +274,7 @@ class LedgerState(msgspec.Struct, kw_only=True):
                 pnl = proceeds - removed
                 pos.realized_pnl += pnl
                 pos.fees += tx.fee
+                pos.last_price = price
                 self.realized_pnl += pnl
                 self.fees += tx.fee
                 self.cash += proceeds
@@ -309,6 +312,8 @@ class LedgerState(msgspec.Struct, kw_only=True):
                 if pos is not None:
                     for lot in pos.lots:
                         lot.quantity *= ratio  # cost unchanged: value and P&L are untouched
+                    if pos.last_price is not None:
+                        pos.last_price /= ratio
                 if tx.fee:
                     self.fees += tx.fee
                     self._debit(tx.fee)
