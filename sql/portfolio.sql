@@ -29,14 +29,14 @@ DELETE FROM portfolios WHERE id = $1 AND user_id = $2;
 SELECT ledger_version FROM portfolios WHERE id = $1;
 
 -- name: owned_version
-SELECT ledger_version, cost_basis_method FROM portfolios WHERE id = $1 AND user_id = $2;
+SELECT ledger_version, cost_basis_method, base_currency FROM portfolios WHERE id = $1 AND user_id = $2;
 
 -- name: bump_version
 UPDATE portfolios SET ledger_version = ledger_version + 1, updated_at = now() WHERE id = $1
 RETURNING ledger_version;
 
 -- name: get_state
-SELECT ledger_version, state FROM portfolio_state WHERE portfolio_id = $1;
+SELECT ledger_version, state::text AS state FROM portfolio_state WHERE portfolio_id = $1;
 
 -- name: upsert_state
 INSERT INTO portfolio_state (portfolio_id, ledger_version, state, updated_at)

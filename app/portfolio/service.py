@@ -227,27 +227,39 @@ async def derived(ctx: AppContext, portfolio_id: uuid.UUID, version: int, method
     return result
 
 
-async def _owned_version(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> tuple[int, str]:
+async def _owned(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> asyncpg.Record:
     row = await ctx.db.fetchrow(q("owned_version"), portfolio_id, user_id)
     if row is None:
         raise NotFound("portfolio not found")
+    return row
+
+
+async def _owned_version(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> tuple[int, str]:
+    row = await _owned(ctx, portfolio_id, user_id)
     return int(row["ledger_version"]), row["cost_basis_method"]
 
 
-async def valuation(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Valuation, int]:
+@dataclass(slots=True)
+class Valued:
+    valuation: Valuation
+    version: int
+    currency: str
+
+
+async def valuation(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> Valued:
     from app.market.prices import latest_prices
 
-    version, method = await _owned_version(ctx, portfolio_id, user_id)
-    d = await derived(ctx, portfolio_id, version, method)
+    row = await _owned(ctx, portfolio_id, user_id)
+    version = int(row["ledger_version"])
+    d = await derived(ctx, portfolio_id, version, row["cost_basis_method"])
     symbols = {p.symbol for p in d.state.positions.values() if p.lots}
     symbols.update(t.symbol for t in d.today if t.symbol)
     prices = await latest_prices(ctx, sorted(symbols)) if symbols else {}
-    return value(d.state, prices, d.today), version
+    return Valued(value(d.state, prices, d.today), version, row["base_currency"])
 
 
 async def get_holdings(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> HoldingsView:
-    val, _ = await valuation(ctx, portfolio_id, user_id)
-    return val
+    return (await valuation(ctx, portfolio_id, user_id)).valuation
 
 
 def holding_out(h: HoldingValue) -> HoldingOut:
@@ -260,15 +272,16 @@ def holding_out(h: HoldingValue) -> HoldingOut:
 
 
 async def holdings_out(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> HoldingsOut:
-    val, version = await valuation(ctx, portfolio_id, user_id)
+    v = await valuation(ctx, portfolio_id, user_id)
+    val, version = v.valuation, v.version
     return HoldingsOut(portfolio_id=portfolio_id, cash=dec(val.cash), market_value=dec(val.market_value),  # type: ignore[arg-type]
                        total_value=dec(val.total_value), holdings=[holding_out(h) for h in val.holdings],  # type: ignore[arg-type]
                        as_of=val.as_of, stale_prices=val.stale_symbols, ledger_version=version)
 
 
-async def summary(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID, currency: str | None = None) -> SummaryOut:
-    val, version = await valuation(ctx, portfolio_id, user_id)
-    return summary_from(portfolio_id, val, version, currency or "USD")
+async def summary(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> SummaryOut:
+    v = await valuation(ctx, portfolio_id, user_id)
+    return summary_from(portfolio_id, v.valuation, v.version, v.currency)
 
 
 def summary_from(portfolio_id: uuid.UUID, val: Valuation, version: int, currency: str) -> SummaryOut:
