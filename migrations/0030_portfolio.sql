@@ -39,13 +39,22 @@ CREATE TABLE transactions (
 CREATE UNIQUE INDEX transactions_ledger_order_idx ON transactions (portfolio_id, executed_at, seq);
 CREATE INDEX transactions_symbol_idx ON transactions (portfolio_id, symbol, executed_at);
 
--- What follows from the ledger (lots, cash, realized P&L …) as of its last entry: msgspec-encoded
--- app.portfolio.ledger.LedgerState, rewritten in the same transaction as each ledger change.
+-- What follows from the ledger as of its last entry (app.portfolio.ledger.LedgerState, msgspec JSON),
+-- written in the same transaction as each ledger change: the portfolio-wide figures (cash, realized
+-- P&L, contributions …) here, and each symbol's position (its lots) in portfolio_positions, so that
+-- a trade rewrites one position, not the whole state.
 CREATE TABLE portfolio_state (
     portfolio_id    uuid        PRIMARY KEY REFERENCES portfolios (id) ON DELETE CASCADE,
     ledger_version  bigint      NOT NULL,
     state           jsonb       NOT NULL,
     updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE portfolio_positions (
+    portfolio_id    uuid        NOT NULL REFERENCES portfolios (id) ON DELETE CASCADE,
+    symbol          text        NOT NULL,
+    position        jsonb       NOT NULL,
+    PRIMARY KEY (portfolio_id, symbol)
 );
 
 -- Idempotency-Key of POST /api/portfolio/{id}/transactions, per user and portfolio, kept 24 hours.

@@ -44,10 +44,30 @@ VALUES ($1, $2, $3::text::jsonb, now())
 ON CONFLICT (portfolio_id) DO UPDATE
 SET ledger_version = EXCLUDED.ledger_version, state = EXCLUDED.state, updated_at = now();
 
+-- name: get_positions
+SELECT position::text AS position FROM portfolio_positions WHERE portfolio_id = $1;
+
+-- name: upsert_position
+INSERT INTO portfolio_positions (portfolio_id, symbol, position) VALUES ($1, $2, $3::text::jsonb)
+ON CONFLICT (portfolio_id, symbol) DO UPDATE SET position = EXCLUDED.position;
+
+-- name: delete_positions
+DELETE FROM portfolio_positions WHERE portfolio_id = $1;
+
 -- name: insert_transaction
 INSERT INTO transactions (portfolio_id, type, symbol, quantity, price, amount, fee, ratio, currency, note, executed_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 RETURNING id, seq, type, symbol, quantity, price, amount, fee, ratio, currency, note, executed_at, created_at;
+
+-- name: get_positions
+SELECT position::text AS position FROM portfolio_positions WHERE portfolio_id = $1;
+
+-- name: upsert_position
+INSERT INTO portfolio_positions (portfolio_id, symbol, position) VALUES ($1, $2, $3::text::jsonb)
+ON CONFLICT (portfolio_id, symbol) DO UPDATE SET position = EXCLUDED.position;
+
+-- name: delete_positions
+DELETE FROM portfolio_positions WHERE portfolio_id = $1;
 
 -- name: insert_transactions_bulk
 INSERT INTO transactions (portfolio_id, type, symbol, quantity, price, amount, fee, ratio, currency, note, executed_at)

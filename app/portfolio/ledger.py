@@ -185,6 +185,11 @@ class Position(msgspec.Struct, kw_only=True):
         with localcontext(LEDGER_CONTEXT):
             return self.cost_basis / qty if qty else ZERO
 
+    def clone(self) -> Position:
+        return Position(symbol=self.symbol,
+                        lots=[Lot(quantity=lot.quantity, cost=lot.cost, opened_at=lot.opened_at) for lot in self.lots],
+                        realized_pnl=self.realized_pnl, income=self.income, fees=self.fees, last_price=self.last_price)
+
 
 class CostMethod(enum.StrEnum):
     FIFO = "fifo"
@@ -227,6 +232,15 @@ class LedgerState(msgspec.Struct, kw_only=True):
 
     def copy(self) -> LedgerState:
         return msgspec.convert(msgspec.to_builtins(self), LedgerState)
+
+    def evolve(self, tx: Tx) -> LedgerState:
+        """A new state with `tx` applied; `self` is untouched and shares every position `tx` does not
+        concern (copy on write: an entry changes at most the position of its own symbol)."""
+        new = msgspec.structs.replace(self, positions=dict(self.positions))
+        if tx.symbol is not None and tx.symbol in new.positions:
+            new.positions[tx.symbol] = new.positions[tx.symbol].clone()
+        new.apply(tx)
+        return new
 
     # --- mutation --------------------------------------------------------------------------------
     def _position(self, symbol: str) -> Position:
@@ -366,9 +380,7 @@ def append(state: LedgerState, tx: Tx) -> LedgerState:
     a trade posted "now"); otherwise the caller must replay. The input state is not modified."""
     if state.last_key is not None and tx.sort_key() < state.last_key:
         raise ValueError("append() needs an entry that sorts after the state's last entry; replay instead")
-    new = state.copy()
-    new.apply(tx)
-    return new
+    return state.evolve(tx)
 
 
 def encode_state(state: LedgerState) -> bytes:

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -35,12 +36,12 @@ from app.errors import AppError, Conflict, NotFound, Unprocessable
 from app.portfolio import performance as perf
 from app.portfolio.entries import Entry, check_entry, check_symbols
 from app.portfolio.ledger import (CostMethod, InsufficientCash, InsufficientQuantity, LedgerError, LedgerState,
-                                  Tx, TxType, decode_state, encode_state, replay)
+                                  Position, Tx, TxType, replay)
 from app.portfolio.performance import DailySeries
 from app.portfolio.schemas import (AmountPct, BenchmarkOut, HoldingOut, HoldingsOut, PerformanceOut, PortfolioIn,
                                    PortfolioOut, PortfolioPatch, SummaryOut, TopPosition, TransactionIn,
                                    TransactionOut, TransactionPage, dec, pct)
-from app.portfolio.valuation import HoldingValue, Valuation, value
+from app.portfolio.valuation import HoldingValue, PositionSnap, Valuation, snapshot, value
 
 log = logging.getLogger("app.portfolio")
 
@@ -126,7 +127,8 @@ async def create_portfolio(ctx: AppContext, user_id: uuid.UUID, data: PortfolioI
     async with ctx.db.transaction() as conn:
         row = await conn.fetchrow(q("create_portfolio"), user_id, name, currency, data.cost_basis_method)
         state = LedgerState(method=CostMethod(data.cost_basis_method))
-        await conn.execute(q("upsert_state"), row["id"], row["ledger_version"], encode_state(state).decode())
+        await conn.execute(q("upsert_state"), row["id"], row["ledger_version"],
+                           msgspec.json.encode(state).decode())
     return portfolio_out(_portfolio(row))
 
 
@@ -142,8 +144,7 @@ async def update_portfolio(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uu
         if patch.cost_basis_method is not None:
             txs = [tx_from_row(r) for r in await conn.fetch(q("ledger"), portfolio_id)]
             state = replay(txs, method)
-            version = await conn.fetchval(q("bump_version"), portfolio_id)
-            await conn.execute(q("upsert_state"), portfolio_id, version, encode_state(state).decode())
+            await _store_state(conn, portfolio_id, state, None)
             row = await conn.fetchrow(q("get_owned_portfolio"), portfolio_id, user_id)
     if patch.cost_basis_method is not None:
         await _publish(ctx, portfolio_id, row["ledger_version"])
@@ -177,54 +178,85 @@ async def _publish(ctx: AppContext, portfolio_id: uuid.UUID, version: int, event
 
 @dataclass(slots=True)
 class Derived:
+    """The ledger state of one version, with lazily computed aggregates and today's entries."""
+
     version: int
-    day: date
     state: LedgerState
-    today: list[Tx]
+    snaps: list[PositionSnap] | None = None
+    day: date | None = None
+    today: list[Tx] | None = None
 
 
 _STATE: OrderedDict[uuid.UUID, Derived] = OrderedDict()
 _LEDGER: OrderedDict[uuid.UUID, tuple[int, list[Tx]]] = OrderedDict()
 
 
+def _remember(portfolio_id: uuid.UUID, d: Derived) -> None:
+    _STATE[portfolio_id] = d
+    _STATE.move_to_end(portfolio_id)
+    while len(_STATE) > STATE_CACHE_SIZE:
+        _STATE.popitem(last=False)
+
+
 def _start_of_day(now: datetime) -> datetime:
     return datetime(now.year, now.month, now.day, tzinfo=UTC)
 
 
-async def _load_state(conn: Any, portfolio_id: uuid.UUID, method: str) -> LedgerState:
+async def _load_state(conn: Any, portfolio_id: uuid.UUID, method: str) -> tuple[LedgerState, int | None]:
+    """The stored state (portfolio figures + one row per position) and its version."""
     row = await conn.fetchrow(q("get_state"), portfolio_id)
     if row is not None:
-        state = decode_state(row["state"])
+        state = msgspec.json.decode(row["state"], type=LedgerState)
         if state.method == method:
-            return state
+            for r in await conn.fetch(q("get_positions"), portfolio_id):
+                pos = _decode_position(r["position"])
+                state.positions[pos.symbol] = pos
+            return state, int(row["ledger_version"])
     txs = [tx_from_row(r) for r in await conn.fetch(q("ledger"), portfolio_id)]
-    return replay(txs, method)
+    return replay(txs, method), None
+
+
+_decode_position = msgspec.json.Decoder(Position).decode
+
+
+async def _store_state(conn: asyncpg.Connection, portfolio_id: uuid.UUID, state: LedgerState,
+                       touched: set[str] | None) -> int:
+    """Bump the version and write the state: every position (`touched` None) or only those named."""
+    version = int(await conn.fetchval(q("bump_version"), portfolio_id))
+    scalars = msgspec.structs.replace(state, positions={})
+    await conn.execute(q("upsert_state"), portfolio_id, version, msgspec.json.encode(scalars).decode())
+    if touched is None:
+        await conn.execute(q("delete_positions"), portfolio_id)
+        names = list(state.positions)
+    else:
+        names = [n for n in touched if n in state.positions]
+    if names:
+        await conn.executemany(q("upsert_position"), [(portfolio_id, n, msgspec.json.encode(state.positions[n]).decode())
+                                                      for n in names])
+    return version
 
 
 async def derived(ctx: AppContext, portfolio_id: uuid.UUID, version: int, method: str) -> Derived:
     now = datetime.now(UTC)
     today = now.date()
     hit = _STATE.get(portfolio_id)
-    if hit is not None and hit.version == version and hit.day == today:
+    if hit is None or hit.version != version:
+        async with ctx.db.connection() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                state, stored = await _load_state(conn, portfolio_id, method)
+                todays = [tx_from_row(r) for r in await conn.fetch(q("ledger_since"), portfolio_id,
+                                                                      _start_of_day(now))]
+        hit = Derived(version=version, state=state, day=today, today=todays)
+        if stored == version:
+            _remember(portfolio_id, hit)
+    else:
         _STATE.move_to_end(portfolio_id)
-        return hit
-    async with ctx.db.connection() as conn:
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            row = await conn.fetchrow(q("get_state"), portfolio_id)
-            if row is not None and row["ledger_version"] == version:
-                state = decode_state(row["state"])
-                if state.method != method:
-                    state = replay([tx_from_row(r) for r in await conn.fetch(q("ledger"), portfolio_id)], method)
-            else:  # the version moved on while we looked: take what is there, consistently
-                state = await _load_state(conn, portfolio_id, method)
-            todays = [tx_from_row(r) for r in await conn.fetch(q("ledger_since"), portfolio_id, _start_of_day(now))]
-    result = Derived(version=version, day=today, state=state, today=todays)
-    if row is not None and row["ledger_version"] == version:
-        _STATE[portfolio_id] = result
-        _STATE.move_to_end(portfolio_id)
-        while len(_STATE) > STATE_CACHE_SIZE:
-            _STATE.popitem(last=False)
-    return result
+    if hit.day != today or hit.today is None:
+        hit.today = [tx_from_row(r) for r in await ctx.db.fetch(q("ledger_since"), portfolio_id, _start_of_day(now))]
+        hit.day = today
+    if hit.snaps is None:
+        hit.snaps = snapshot(hit.state)
+    return hit
 
 
 async def _owned(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> asyncpg.Record:
@@ -246,16 +278,44 @@ class Valued:
     currency: str
 
 
-async def valuation(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> Valued:
+_STORED_PRICES: dict[str, tuple[float, Any]] = {}
+STORED_PRICE_TTL = 5.0  # a price from a stored bar changes only when a bar is written
+
+
+async def _prices(ctx: AppContext, symbols: list[str]) -> dict[str, Any]:
+    """Latest prices from the market domain's quote cache. Prices that came from stored bars (stale:
+    no live quote) are remembered for a few seconds, so that a portfolio of unquoted symbols does
+    not query the bars on every request; live quotes are read every time."""
     from app.market.prices import latest_prices
 
+    now = time.monotonic()
+    out: dict[str, Any] = {}
+    wanted = []
+    for sym in symbols:
+        memo = _STORED_PRICES.get(sym)
+        if memo is not None and memo[0] > now:
+            out[sym] = memo[1]
+        else:
+            wanted.append(sym)
+    if wanted:
+        fresh = await latest_prices(ctx, wanted)
+        for sym, p in fresh.items():
+            out[sym] = p
+            if p.stale:
+                _STORED_PRICES[sym] = (now + STORED_PRICE_TTL, p)
+            else:
+                _STORED_PRICES.pop(sym, None)
+    return out
+
+
+async def valuation(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> Valued:
     row = await _owned(ctx, portfolio_id, user_id)
     version = int(row["ledger_version"])
     d = await derived(ctx, portfolio_id, version, row["cost_basis_method"])
     symbols = {p.symbol for p in d.state.positions.values() if p.lots}
     symbols.update(t.symbol for t in d.today if t.symbol)
-    prices = await latest_prices(ctx, sorted(symbols)) if symbols else {}
-    return Valued(value(d.state, prices, d.today), version, row["base_currency"])
+    prices = await _prices(ctx, sorted(symbols)) if symbols else {}
+    return Valued(value(d.state, prices, d.today or [], d.snaps), version, row["base_currency"])
 
 
 async def get_holdings(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> HoldingsView:
@@ -350,12 +410,6 @@ def _entry_args(e: Entry) -> tuple[Any, ...]:
     return (e.type.value, e.symbol, e.quantity, e.price, e.amount, e.fee, e.ratio, e.currency, e.note, e.executed_at)
 
 
-async def _commit_state(conn: asyncpg.Connection, portfolio_id: uuid.UUID, state: LedgerState) -> int:
-    version = await conn.fetchval(q("bump_version"), portfolio_id)
-    await conn.execute(q("upsert_state"), portfolio_id, version, encode_state(state).decode())
-    return int(version)
-
-
 def request_hash(data: TransactionIn) -> str:
     body = msgspec.json.encode(msgspec.to_builtins(data), order="deterministic")
     return hashlib.sha256(body).hexdigest()
@@ -403,17 +457,23 @@ async def add_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uui
             if locked is None:
                 raise NotFound("portfolio not found")
             method = locked["cost_basis_method"]
-            state = await _load_state(conn, portfolio_id, method)
+            hit = _STATE.get(portfolio_id)
+            if hit is not None and hit.version == locked["ledger_version"]:
+                state = hit.state  # never mutated: evolve() copies what it changes
+            else:
+                state, _ = await _load_state(conn, portfolio_id, method)
             row = await conn.fetchrow(q("insert_transaction"), portfolio_id, *_entry_args(entry))
             tx = tx_from_row(row)
             try:
                 if state.last_key is None or tx.sort_key() >= state.last_key:
-                    state.apply(tx)  # the usual case: an entry "now" — applied on top of the stored state
+                    # the usual case, an entry "now": applied on top of the stored state
+                    state, touched = state.evolve(tx), {tx.symbol} if tx.symbol else set()
                 else:  # back-dated: everything after it is recomputed
                     state = replay([tx_from_row(r) for r in await conn.fetch(q("ledger"), portfolio_id)], method)
+                    touched = None
             except LedgerError as err:
                 raise _ledger_conflict(err, {tx.id}) from None
-            version = await _commit_state(conn, portfolio_id, state)
+            version = await _store_state(conn, portfolio_id, state, touched)
             body = msgspec.json.encode(tx_out(row))
             if claimed:
                 await conn.execute(q("idem_complete"), user_id, portfolio_id, idempotency_key, 201, body.decode())
@@ -421,6 +481,7 @@ async def add_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uui
         if claimed:
             await asyncio.shield(_release(ctx, user_id, portfolio_id, idempotency_key))  # type: ignore[arg-type]
         raise
+    _remember(portfolio_id, Derived(version=version, state=state))
     await _publish(ctx, portfolio_id, version)
     return Posted(201, body, False)
 
@@ -448,7 +509,7 @@ async def delete_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: 
                            locked["cost_basis_method"])
         except LedgerError as err:
             raise _ledger_conflict(err, set()) from None
-        version = await _commit_state(conn, portfolio_id, state)
+        version = await _store_state(conn, portfolio_id, state, None)
     await _publish(ctx, portfolio_id, version)
 
 
@@ -483,7 +544,7 @@ async def import_entries(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid
             return errors, None
         cols = list(zip(*(_entry_args(e) for _, e in rows), strict=True))
         await conn.execute(q("insert_transactions_bulk"), portfolio_id, *[list(c) for c in cols])
-        version = await _commit_state(conn, portfolio_id, state)
+        version = await _store_state(conn, portfolio_id, state, None)
     await _publish(ctx, portfolio_id, version)
     return errors, version
 

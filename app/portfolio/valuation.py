@@ -70,14 +70,42 @@ class Valuation:
     missing_symbols: list[str] = field(default_factory=list)  # held, but no price at all: valued at last trade
 
 
+@dataclass(slots=True, frozen=True)
+class PositionSnap:
+    """A position's aggregates, computed once per ledger version (lots summed once)."""
+
+    symbol: str
+    quantity: Decimal
+    cost_basis: Decimal
+    average_cost: Decimal
+    realized_pnl: Decimal
+    income: Decimal
+    last_price: Decimal | None
+
+
+def snapshot(state: LedgerState) -> list[PositionSnap]:
+    with localcontext(LEDGER_CONTEXT):
+        out = []
+        for pos in state.positions.values():
+            qty, cost = pos.quantity, pos.cost_basis
+            out.append(PositionSnap(symbol=pos.symbol, quantity=qty, cost_basis=cost,
+                                    average_cost=cost / qty if qty else ZERO, realized_pnl=pos.realized_pnl,
+                                    income=pos.income, last_price=pos.last_price))
+        return out
+
+
 def pct(part: Decimal, whole: Decimal) -> Decimal | None:
     with localcontext(LEDGER_CONTEXT):
         return part / whole * HUNDRED if whole > 0 else None
 
 
-def value(state: LedgerState, prices: Mapping[str, PriceLike], today: Sequence[Tx]) -> Valuation:
-    """`today`: the entries executed since the start of the current UTC day (any order)."""
+def value(state: LedgerState, prices: Mapping[str, PriceLike], today: Sequence[Tx],
+          snaps: Sequence[PositionSnap] | None = None) -> Valuation:
+    """`today`: the entries executed since the start of the current UTC day (any order). `snaps`:
+    `snapshot(state)` when the caller keeps it."""
     out = Valuation()
+    if snaps is None:
+        snaps = snapshot(state)
     today_sorted = sorted(today, key=Tx.sort_key)
     with localcontext(LEDGER_CONTEXT):
         by_symbol: dict[str, list[Tx]] = {}
@@ -97,7 +125,7 @@ def value(state: LedgerState, prices: Mapping[str, PriceLike], today: Sequence[T
 
         day_total = ZERO
         as_of: datetime | None = None
-        for pos in state.positions.values():
+        for pos in snaps:
             qty = pos.quantity
             entries = by_symbol.get(pos.symbol, [])
             if not qty and not entries:

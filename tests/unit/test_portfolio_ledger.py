@@ -249,7 +249,10 @@ def test_methods_agree_on_everything_but_the_split_of_cost(txs: list[Tx]) -> Non
 def test_append_in_ledger_order_equals_replay(txs: list[Tx], method: str) -> None:
     state = LedgerState(method=CostMethod(method))
     for tx in sorted(txs, key=Tx.sort_key):
-        state = append(state, tx)
+        before = encode_state(state)
+        new = append(state, tx)
+        assert encode_state(state) == before  # copy on write: the previous state is untouched
+        state = new
     again = decode_state(encode_state(state))  # the stored snapshot round-trips exactly
     assert again == state
     assert encode_state(replay(txs, method)) == encode_state(state)
