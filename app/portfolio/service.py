@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ async def create_portfolio(ctx: AppContext, user_id: uuid.UUID, data: PortfolioI
 async def update_portfolio(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID,
                            patch: PortfolioPatch) -> PortfolioOut:
     name = _check_name(patch.name)
-    async with ctx.db.transaction() as conn:
+    async with write_lock(portfolio_id), ctx.db.transaction() as conn:
         row = await conn.fetchrow(q("lock_owned_portfolio"), portfolio_id, user_id)
         if row is None:
             raise NotFound("portfolio not found")
@@ -185,10 +186,24 @@ class Derived:
     snaps: list[PositionSnap] | None = None
     day: date | None = None
     today: list[Tx] | None = None
+    memo: tuple[Any, Valuation, dict[str, Any]] | None = None  # the last valuation and its prices
 
 
 _STATE: OrderedDict[uuid.UUID, Derived] = OrderedDict()
 _LEDGER: OrderedDict[uuid.UUID, tuple[int, list[Tx]]] = OrderedDict()
+
+
+_WRITE_LOCKS: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def write_lock(portfolio_id: uuid.UUID) -> asyncio.Lock:
+    """Writers of one portfolio queue here, in this process, before they take a database connection:
+    the row lock (SELECT … FOR UPDATE) still serializes replicas, but one process no longer parks
+    its whole pool on that lock (nor wakes every waiter at each commit)."""
+    lock = _WRITE_LOCKS.get(portfolio_id)
+    if lock is None:
+        lock = _WRITE_LOCKS[portfolio_id] = asyncio.Lock()
+    return lock
 
 
 def _remember(portfolio_id: uuid.UUID, d: Derived) -> None:
@@ -276,6 +291,7 @@ class Valued:
     valuation: Valuation
     version: int
     currency: str
+    memo: dict[str, Any]  # per (version, prices): derived outputs (e.g. the encoded summary) may be kept here
 
 
 _STORED_PRICES: dict[str, tuple[float, Any]] = {}
@@ -315,7 +331,12 @@ async def valuation(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID
     symbols = {p.symbol for p in d.state.positions.values() if p.lots}
     symbols.update(t.symbol for t in d.today if t.symbol)
     prices = await _prices(ctx, sorted(symbols)) if symbols else {}
-    return Valued(value(d.state, prices, d.today or [], d.snaps), version, row["base_currency"])
+    key = (d.day, len(d.today or ()),
+           tuple((s, p.price, p.previous_close, p.stale, p.as_of) for s, p in sorted(prices.items())))
+    memo = d.memo
+    if memo is None or memo[0] != key:  # prices moved (or the day): value again
+        memo = d.memo = (key, value(d.state, prices, d.today or [], d.snaps), {})
+    return Valued(memo[1], version, row["base_currency"], memo[2])
 
 
 async def get_holdings(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> HoldingsView:
@@ -341,7 +362,10 @@ async def holdings_out(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.U
 
 async def summary(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> SummaryOut:
     v = await valuation(ctx, portfolio_id, user_id)
-    return summary_from(portfolio_id, v.valuation, v.version, v.currency)
+    out = v.memo.get("summary")
+    if out is None:
+        out = v.memo["summary"] = summary_from(portfolio_id, v.valuation, v.version, v.currency)
+    return out
 
 
 def summary_from(portfolio_id: uuid.UUID, val: Valuation, version: int, currency: str) -> SummaryOut:
@@ -452,7 +476,7 @@ async def add_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uui
         idempotency_key = key
     try:
         entry = await validate_one(ctx, data, portfolio.base_currency)
-        async with ctx.db.transaction() as conn:
+        async with write_lock(portfolio_id), ctx.db.transaction() as conn:
             locked = await conn.fetchrow(q("lock_owned_portfolio"), portfolio_id, user_id)
             if locked is None:
                 raise NotFound("portfolio not found")
@@ -498,7 +522,7 @@ async def purge_idempotency_keys(ctx: AppContext) -> None:
 
 
 async def delete_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID, tx_id: uuid.UUID) -> None:
-    async with ctx.db.transaction() as conn:
+    async with write_lock(portfolio_id), ctx.db.transaction() as conn:
         locked = await conn.fetchrow(q("lock_owned_portfolio"), portfolio_id, user_id)
         if locked is None:
             raise NotFound("portfolio not found")
@@ -520,7 +544,7 @@ async def import_entries(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid
 
     Returns (errors by line, new ledger version)."""
     errors: list[tuple[int, str | None, str]] = []
-    async with ctx.db.transaction() as conn:
+    async with write_lock(portfolio_id), ctx.db.transaction() as conn:
         locked = await conn.fetchrow(q("lock_owned_portfolio") if not dry_run else q("get_owned_portfolio"),
                                      portfolio_id, user_id)
         if locked is None:
