@@ -237,15 +237,17 @@ _decode_position = msgspec.json.Decoder(Position).decode
 async def _store_state(conn: asyncpg.Connection, portfolio_id: uuid.UUID, state: LedgerState,
                        touched: set[str] | None) -> int:
     """Bump the version and write the state: every position (`touched` None) or only those named."""
-    version = int(await conn.fetchval(q("bump_version"), portfolio_id))
     scalars = msgspec.structs.replace(state, positions={})
-    await conn.execute(q("upsert_state"), portfolio_id, version, msgspec.json.encode(scalars).decode())
+    version = int(await conn.fetchval(q("bump_and_store_state"), portfolio_id, msgspec.json.encode(scalars).decode()))
     if touched is None:
         await conn.execute(q("delete_positions"), portfolio_id)
         names = list(state.positions)
     else:
         names = [n for n in touched if n in state.positions]
-    if names:
+    if len(names) == 1:
+        await conn.execute(q("upsert_position"), portfolio_id, names[0],
+                           msgspec.json.encode(state.positions[names[0]]).decode())
+    elif names:
         await conn.executemany(q("upsert_position"), [(portfolio_id, n, msgspec.json.encode(state.positions[n]).decode())
                                                       for n in names])
     return version
