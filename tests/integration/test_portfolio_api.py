@@ -245,23 +245,74 @@ async def test_in_flight_same_body_is_409(client: AsyncTestClient, user: TestUse
     assert "in flight" in r.json()["detail"]
 
 
+async def check_consistent(client: AsyncTestClient, user: TestUser, pid: str) -> dict[str, Any]:
+    """The stored holdings equal a fresh replay of the exported ledger."""
+    from app.portfolio.importer import check_rows, read_json, split_errors
+    from app.portfolio.ledger import replay
+
+    exported = (await client.get(f"/api/portfolio/{pid}/export?format=json", headers=user.headers)).json()
+    rows, _ = split_errors(read_json(__import__("msgspec").json.encode(exported), 100_000))
+    good, bad = check_rows(rows, base_currency="USD", now=datetime.now(UTC) + timedelta(minutes=5))
+    assert not bad
+    state = replay([e.to_tx(seq=k) for k, (_, e) in enumerate(good)], exported["portfolio"]["cost_basis_method"])
+    h = (await client.get(f"/api/portfolio/{pid}/holdings", headers=user.headers)).json()
+    assert Decimal(h["cash"]) == state.cash
+    assert {x["symbol"]: Decimal(x["quantity"]) for x in h["holdings"]} == \
+        {p.symbol: p.quantity for p in state.positions.values() if p.lots}
+    return h
+
+
 async def test_concurrent_trades_keep_a_consistent_ledger(client: AsyncTestClient, user: TestUser) -> None:
     pid = await new_portfolio(client, user)
-    await post_tx(client, user, pid, {"type": "buy", "symbol": "AAPL", "quantity": "30", "price": "100"})
-    sells = [post_tx(client, user, pid, {"type": "sell", "symbol": "AAPL", "quantity": "1", "price": "101"},
-                     expect=None) for _ in range(40)]
+    start = datetime.now(UTC) - timedelta(days=30)
+    await post_tx(client, user, pid, {"type": "buy", "symbol": "AAPL", "quantity": "30", "price": "100",
+                                      "executed_at": start.isoformat()})
+    # 40 sales of one share — half "now", half back-dated into the last 30 days (full replays) — and 10 buys
+    sells = [post_tx(client, user, pid, {"type": "sell", "symbol": "AAPL", "quantity": "1", "price": "101",
+                                         **({"executed_at": (start + timedelta(days=1 + k % 28)).isoformat()}
+                                            if k % 2 else {})}, expect=None) for k in range(40)]
     buys = [post_tx(client, user, pid, {"type": "buy", "symbol": "JPM", "quantity": "1", "price": "10"},
                     expect=None) for _ in range(10)]
     rs = await asyncio.gather(*sells, *buys)
     codes = [r.status_code for r in rs]
     assert codes[:40].count(201) == 30 and codes[:40].count(409) == 10, codes
     assert codes[40:] == [201] * 10
-    h = {x["symbol"]: x for x in (await client.get(f"/api/portfolio/{pid}/holdings", headers=user.headers)).json()["holdings"]}
-    assert "AAPL" not in h and h["JPM"]["quantity"] == "10"
+    h = await check_consistent(client, user, pid)
+    by = {x["symbol"]: x for x in h["holdings"]}
+    assert "AAPL" not in by and by["JPM"]["quantity"] == "10"
     page = (await client.get(f"/api/portfolio/{pid}/transactions?limit=500", headers=user.headers)).json()
     assert len(page["items"]) == 41
     p = (await client.get(f"/api/portfolio/{pid}", headers=user.headers)).json()
     assert p["ledger_version"] == 41
+
+
+async def test_concurrent_trades_across_two_processes(client: AsyncTestClient, user: TestUser,
+                                                      test_env: dict[str, str]) -> None:
+    """The in-process queue only orders one process; the row lock must hold across replicas."""
+    import httpx
+
+    from tests.support.services import AppProcess
+
+    pid = await new_portfolio(client, user)
+    await post_tx(client, user, pid, {"type": "buy", "symbol": "XOM", "quantity": "20", "price": "100"})
+    servers = [AppProcess(test_env), AppProcess(test_env)]
+    for server in servers:
+        server.start(wait=60)
+    try:
+        clients = [httpx.AsyncClient(base_url=s.base_url, timeout=60) for s in servers]
+        body = {"type": "sell", "symbol": "XOM", "quantity": "1", "price": "99"}
+        url = f"/api/portfolio/{pid}/transactions"
+        await asyncio.gather(*[c.get("/health/live") for c in clients])
+        rs = await asyncio.gather(*[clients[k % 2].post(url, json=body, headers=user.headers) for k in range(30)])
+        for c in clients:
+            await c.aclose()
+    finally:
+        for server in servers:
+            server.stop()
+    codes = [r.status_code for r in rs]
+    assert codes.count(201) == 20 and codes.count(409) == 10, codes
+    h = await check_consistent(client, user, pid)
+    assert h["holdings"] == []
 
 
 async def test_performance(client: AsyncTestClient, user: TestUser) -> None:
