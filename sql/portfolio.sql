@@ -153,7 +153,7 @@ WHERE user_id = $1 AND portfolio_id = $2 AND key = $3 AND status = 'in_flight' A
 RETURNING key;
 
 -- name: idem_complete
-UPDATE portfolio_idempotency_keys SET status = 'done', response_status = $4, response_body = $5::text::jsonb
+UPDATE portfolio_idempotency_keys SET status = 'done', response_status = $4, response_body = $5
 WHERE user_id = $1 AND portfolio_id = $2 AND key = $3;
 
 -- name: idem_release

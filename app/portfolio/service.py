@@ -469,7 +469,7 @@ async def add_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uui
                 raise Unprocessable("this Idempotency-Key was used with a different request body",
                                     field="Idempotency-Key")
             elif prior["status"] == "done":
-                return Posted(prior["response_status"], msgspec.json.encode(prior["response_body"]), True)
+                return Posted(prior["response_status"], prior["response_body"].encode(), True)
             elif await ctx.db.fetchval(q("idem_take_over"), user_id, portfolio_id, key, digest,
                                        IDEMPOTENCY_TAKEOVER) is None:
                 raise Conflict("a request with this Idempotency-Key is in flight; retry later",

@@ -202,7 +202,7 @@ async def test_idempotency(client: AsyncTestClient, user: TestUser, database_url
     body = {"type": "deposit", "amount": "100"}
     first = await post_tx(client, user, pid, body, key="k-1")
     again = await post_tx(client, user, pid, body, key="k-1")
-    assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true"
+    assert again.content == first.content and again.headers.get("idempotent-replayed") == "true"
     r = await post_tx(client, user, pid, {"type": "deposit", "amount": "101"}, key="k-1", expect=422)
     assert r.json()["errors"][0]["field"] == "Idempotency-Key"
     page = (await client.get(f"/api/portfolio/{pid}/transactions", headers=user.headers)).json()
