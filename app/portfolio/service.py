@@ -50,6 +50,8 @@ IDEMPOTENCY_TTL = 24 * 3600
 IDEMPOTENCY_TAKEOVER = 60.0  # an in-flight claim older than this (a crashed request) may be taken over
 STATE_CACHE_SIZE = 512
 LEDGER_CACHE_SIZE = 32
+MAX_PORTFOLIOS_PER_USER = 100
+MAX_ENTRIES_PER_PORTFOLIO = 200_000  # replaying a ledger this long takes ~1 s; split portfolios beyond it
 RANGES = ("1w", "1m", "3m", "ytd", "1y", "3y", "max")
 
 HoldingsView = Valuation  # contract names: .cash, .holdings (list[HoldingView]), .total_value
@@ -126,6 +128,9 @@ async def create_portfolio(ctx: AppContext, user_id: uuid.UUID, data: PortfolioI
     if len(currency) != 3 or not currency.isalpha() or not currency.isascii():
         raise AppError("base_currency must be a three-letter ISO 4217 code", field="base_currency")
     async with ctx.db.transaction() as conn:
+        await conn.execute(q("lock_user_portfolios"), str(user_id))  # the count below holds under concurrency
+        if await conn.fetchval(q("count_portfolios"), user_id) >= MAX_PORTFOLIOS_PER_USER:
+            raise Conflict(f"at most {MAX_PORTFOLIOS_PER_USER} portfolios per user")
         row = await conn.fetchrow(q("create_portfolio"), user_id, name, currency, data.cost_basis_method)
         state = LedgerState(method=CostMethod(data.cost_basis_method))
         await conn.execute(q("upsert_state"), row["id"], row["ledger_version"],
@@ -144,7 +149,10 @@ async def update_portfolio(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uu
         row = await conn.fetchrow(q("update_portfolio"), portfolio_id, user_id, name or row["name"], method)
         if patch.cost_basis_method is not None:
             txs = [tx_from_row(r) for r in await conn.fetch(q("ledger"), portfolio_id)]
-            state = replay(txs, method)
+            try:
+                state = replay(txs, method)
+            except LedgerError as err:  # not expected: the methods differ in cost only
+                raise _ledger_conflict(err, set()) from None
             await _store_state(conn, portfolio_id, state, None)
             row = await conn.fetchrow(q("get_owned_portfolio"), portfolio_id, user_id)
     if patch.cost_basis_method is not None:
@@ -488,6 +496,8 @@ async def add_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uui
                 state = hit.state  # never mutated: evolve() copies what it changes
             else:
                 state, _ = await _load_state(conn, portfolio_id, method)
+            if state.count >= MAX_ENTRIES_PER_PORTFOLIO:
+                raise Conflict(f"a portfolio holds at most {MAX_ENTRIES_PER_PORTFOLIO} transactions")
             row = await conn.fetchrow(q("insert_transaction"), portfolio_id, *_entry_args(entry))
             tx = tx_from_row(row)
             try:
@@ -552,6 +562,8 @@ async def import_entries(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid
         if locked is None:
             raise NotFound("portfolio not found")
         existing = [tx_from_row(r) for r in await conn.fetch(q("ledger"), portfolio_id)]
+        if len(existing) + len(rows) > MAX_ENTRIES_PER_PORTFOLIO:
+            raise Conflict(f"a portfolio holds at most {MAX_ENTRIES_PER_PORTFOLIO} transactions", field="file")
         base = max((t.seq for t in existing), default=0)
         new = [e.to_tx(seq=base + k + 1, id=("new", line)) for k, (line, e) in enumerate(rows)]
         state = LedgerState(method=CostMethod(locked["cost_basis_method"]))

@@ -69,6 +69,17 @@ async def test_crud_and_ownership(client: AsyncTestClient, user: TestUser) -> No
     assert (await client.get(f"/api/portfolio/{pid}", headers=user.headers)).status_code == 404
 
 
+async def test_portfolio_limit_per_user(client: AsyncTestClient, user: TestUser) -> None:
+    from app.portfolio.service import MAX_PORTFOLIOS_PER_USER
+
+    rs = await asyncio.gather(*[client.post("/api/portfolio", json={"name": f"p{k}"}, headers=user.headers)
+                                for k in range(MAX_PORTFOLIOS_PER_USER + 5)])
+    assert sorted(r.status_code for r in rs) == [201] * MAX_PORTFOLIOS_PER_USER + [409] * 5
+    assert len((await client.get("/api/portfolio", headers=user.headers)).json()) == MAX_PORTFOLIOS_PER_USER
+    r = await client.post("/api/portfolio", json={"name": "  "}, headers=user.headers)
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "name"
+
+
 async def test_ledger_holdings_summary(client: AsyncTestClient, user: TestUser) -> None:
     pid = await new_portfolio(client, user)
     await post_tx(client, user, pid, {"type": "deposit", "amount": "10000", "executed_at": day("2024-01-02")})
