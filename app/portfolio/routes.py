@@ -127,6 +127,8 @@ async def _upload(request: Request[Any, Any, Any], limit: int) -> tuple[bytes, s
         raise AppError(f"the file is larger than {limit} bytes", status_code=413, field="file")
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
+        if not (length and length.isdigit()):  # the form parser reads everything: know the size first
+            raise AppError("a multipart upload needs a Content-Length", status_code=411, field="file")
         form = await request.form()
         upload = form.get("file")
         if upload is None or not hasattr(upload, "read"):

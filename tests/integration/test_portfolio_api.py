@@ -381,6 +381,10 @@ async def test_import_export_round_trip(client: AsyncTestClient, user: TestUser)
     assert r.status_code == 200, r.text
     again = await client.get(f"/api/portfolio/{pid2}/export?format=csv", headers=user.headers)
     assert again.text == exported.text
+    pid4 = await new_portfolio(client, user)  # the same file as a multipart upload
+    r = await client.post(f"/api/portfolio/{pid4}/import", files={"file": ("ledger.csv", exported.text, "text/csv")},
+                          headers=user.headers)
+    assert r.status_code == 200 and r.json()["imported"] == 5, r.text
     as_json = (await client.get(f"/api/portfolio/{pid}/export?format=json", headers=user.headers)).json()
     pid3 = await new_portfolio(client, user)
     r = await client.post(f"/api/portfolio/{pid3}/import", json=as_json, headers=user.headers)
