@@ -452,3 +452,53 @@ async def test_pnl_today_counts_todays_trade_at_its_price(client: AsyncTestClien
     s = (await client.get(f"/api/portfolio/{pid}/summary", headers=user.headers)).json()
     expected = 10 * (price - prev) + 5 * (price - 80) - 1
     assert Decimal(s["pnl_today"]["amount"]) == expected
+
+
+async def test_contract_for_other_domains(client: AsyncTestClient, user: TestUser, settings: Any) -> None:
+    """The names analytics/optimizer build against: get_owned_portfolio, get_holdings,
+    portfolio_daily_series, ledger_version, and the publication on portfolio:{id}."""
+    from app.cache import create_cache
+    from app.context import AppContext
+    from app.db import Database, create_pool
+    from app.errors import NotFound
+    from app.portfolio import service
+
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    ctx = AppContext(settings=settings, db=Database(pool), cache=create_cache(settings.redis_url))
+    try:
+        await _contract(client, user, ctx, service, NotFound)
+    finally:
+        await ctx.cache.close()
+        await pool.close()
+
+
+async def _contract(client: AsyncTestClient, user: TestUser, ctx: Any, service: Any, NotFound: Any) -> None:
+    pid = await new_portfolio(client, user)
+    await post_tx(client, user, pid, {"type": "deposit", "amount": "5000", "executed_at": day("2024-03-01")})
+    await post_tx(client, user, pid, {"type": "buy", "symbol": "AAPL", "quantity": "10", "price": "180",
+                                      "executed_at": day("2024-03-04")})
+    p = await service.get_owned_portfolio(ctx.db, uuid.UUID(pid), user.id)
+    assert p.name == "Main" and p.cost_basis_method == "fifo"
+    with pytest.raises(NotFound):
+        await service.get_owned_portfolio(ctx.db, uuid.UUID(pid), uuid.uuid4())
+    view = await service.get_holdings(ctx, uuid.UUID(pid), user.id)
+    assert view.cash == Decimal(3200) and view.holdings[0].symbol == "AAPL"
+    assert view.total_value == view.cash + view.holdings[0].market_value
+    series = await service.portfolio_daily_series(ctx, uuid.UUID(pid), user.id)
+    assert len(series.returns) == len(series.dates) - 1 and len(series.values) == len(series.dates) > 100
+    assert all(isinstance(v, Decimal) for v in series.values) and series.net_flows[0] == 0
+    assert set(series.weights_by_symbol) == {"AAPL"} and len(series.weights_by_symbol["AAPL"]) == len(series.dates)
+    version = await service.ledger_version(ctx, uuid.UUID(pid))
+    assert version == 2
+
+    async def first_message() -> bytes:
+        async for _, message in ctx.cache.subscribe([f"portfolio:{pid}"]):
+            return message
+        raise AssertionError
+
+    waiter = asyncio.create_task(first_message())
+    await asyncio.sleep(0.3)
+    await post_tx(client, user, pid, {"type": "deposit", "amount": "1"})
+    import msgspec
+    msg = msgspec.json.decode(await asyncio.wait_for(waiter, 5))
+    assert msg == {"event": "ledger", "portfolio_id": pid, "ledger_version": 3}
