@@ -304,21 +304,22 @@ class Valued:
     memo: dict[str, Any]  # per (version, prices): derived outputs (e.g. the encoded summary) may be kept here
 
 
-_STORED_PRICES: dict[str, tuple[float, Any]] = {}
+_PRICE_MEMO: dict[str, tuple[float, Any]] = {}
 STORED_PRICE_TTL = 5.0  # a price from a stored bar changes only when a bar is written
+LIVE_PRICE_TTL = 0.1  # a live quote is re-read from the quote cache at most this late
 
 
 async def _prices(ctx: AppContext, symbols: list[str]) -> dict[str, Any]:
-    """Latest prices from the market domain's quote cache. Prices that came from stored bars (stale:
-    no live quote) are remembered for a few seconds, so that a portfolio of unquoted symbols does
-    not query the bars on every request; live quotes are read every time."""
+    """Latest prices from the market domain's quote cache, memoized per process: live quotes for
+    0.1 s (so that a burst of requests reads the cache once, not once each), prices that came from
+    stored bars (no live quote) for 5 s."""
     from app.market.prices import latest_prices
 
     now = time.monotonic()
     out: dict[str, Any] = {}
     wanted = []
     for sym in symbols:
-        memo = _STORED_PRICES.get(sym)
+        memo = _PRICE_MEMO.get(sym)
         if memo is not None and memo[0] > now:
             out[sym] = memo[1]
         else:
@@ -327,10 +328,7 @@ async def _prices(ctx: AppContext, symbols: list[str]) -> dict[str, Any]:
         fresh = await latest_prices(ctx, wanted)
         for sym, p in fresh.items():
             out[sym] = p
-            if p.stale:
-                _STORED_PRICES[sym] = (now + STORED_PRICE_TTL, p)
-            else:
-                _STORED_PRICES.pop(sym, None)
+            _PRICE_MEMO[sym] = (now + (STORED_PRICE_TTL if p.stale else LIVE_PRICE_TTL), p)
     return out
 
 
