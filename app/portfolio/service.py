@@ -697,13 +697,36 @@ async def _series(ctx: AppContext, txs: list[Tx], method: str, start: date | Non
     return series, closes
 
 
+_SERIES: OrderedDict[tuple, tuple[float, DailySeries, dict[str, list[tuple[date, Decimal]]]]] = OrderedDict()
+SERIES_TTL = 30.0  # closes change during the day (today's live close), the ledger by version
+SERIES_CACHE_SIZE = 64
+
+
+async def _series_cached(ctx: AppContext, portfolio_id: uuid.UUID, version: int, method: str, start: date | None,
+                         end: date | None, extra_symbols: Sequence[str] = (), with_weights: bool = False
+                         ) -> tuple[DailySeries, dict[str, list[tuple[date, Decimal]]]]:
+    key = (portfolio_id, version, method, start, end, tuple(extra_symbols), with_weights)
+    now = time.monotonic()
+    hit = _SERIES.get(key)
+    if hit is not None and hit[0] > now:
+        _SERIES.move_to_end(key)
+        return hit[1], hit[2]
+    txs = await _ledger_txs(ctx, portfolio_id, version)
+    series, closes = await _series(ctx, txs, method, start, end, extra_symbols, with_weights)
+    _SERIES[key] = (now + SERIES_TTL, series, closes)
+    while len(_SERIES) > SERIES_CACHE_SIZE:
+        _SERIES.popitem(last=False)
+    return series, closes
+
+
 async def portfolio_daily_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID,
                                  start: date | None = None, end: date | None = None) -> DailySeries:
     """Contract: the daily value series (market value + cash), net flows, time-weighted daily
-    returns (flows removed) and weights per symbol, from `start` (default: the first entry)."""
+    returns (flows removed) and weights per symbol, from `start` (default: the first entry).
+
+    Cached per (portfolio, ledger version, range) for 30 s: treat the result as read-only."""
     version, method = await _owned_version(ctx, portfolio_id, user_id)
-    txs = await _ledger_txs(ctx, portfolio_id, version)
-    series, _ = await _series(ctx, txs, method, start, end, with_weights=True)
+    series, _ = await _series_cached(ctx, portfolio_id, version, method, start, end, with_weights=True)
     return series
 
 
@@ -732,7 +755,7 @@ async def performance(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UU
     end = max(end_candidates)
     start = range_start(rng, end, txs[0].executed_at.date())
     start = max(start, txs[0].executed_at.date()) if start else txs[0].executed_at.date()
-    series, closes = await _series(ctx, txs, method, start, end, [bench] if bench else [])
+    series, closes = await _series_cached(ctx, portfolio_id, version, method, start, end, [bench] if bench else [])
     dates = series.dates
     twr = perf.chain(series.returns) if series.returns else None
     span = (dates[-1] - dates[0]).days if dates else 0
