@@ -192,6 +192,14 @@ BAD = [
     ({"type": "deposit", "amount": "1", "colour": "red"}, "colour", 400),
     ({"type": "split", "symbol": "AAPL", "ratio": "0"}, "ratio", 400),
     ({"type": "buy", "symbol": "AAPL", "quantity": "1e20", "price": "1"}, "quantity", 400),
+    ({"type": "buy", "symbol": "AAPL", "quantity": [1], "price": "1"}, "quantity", 400),
+    ({"type": None, "amount": "1"}, "type", 400),
+    ({"amount": "1"}, "type", 400),
+    ({"type": "deposit", "amount": "1", "executed_at": "yesterday"}, "executed_at", 400),
+    ({"type": "deposit", "amount": "1", "executed_at": "1850-01-01"}, "executed_at", 400),
+    ({"type": "buy", "symbol": "AAPL; DROP TABLE", "quantity": "1", "price": "1"}, "symbol", 400),
+    ({"type": "deposit", "amount": "1", "note": "x" * 501}, "note", 400),
+    ({"type": "withdrawal", "amount": "5"}, "amount", 409),
 ]
 
 
