@@ -510,3 +510,13 @@ async def _contract(client: AsyncTestClient, user: TestUser, ctx: Any, service: 
     import msgspec
     msg = msgspec.json.decode(await asyncio.wait_for(waiter, 5))
     assert msg == {"event": "ledger", "portfolio_id": pid, "ledger_version": 3}
+
+
+async def test_openapi_lists_the_portfolio_api(client: AsyncTestClient) -> None:
+    r = await client.get("/schema/openapi.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    for path in ("/api/portfolio", "/api/portfolio/{portfolio_id}/transactions", "/api/portfolio/{portfolio_id}/summary",
+                 "/api/portfolio/{portfolio_id}/performance", "/api/portfolio/{portfolio_id}/import",
+                 "/api/portfolio/{portfolio_id}/export"):
+        assert path in paths, path
