@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import math
 import time
 import uuid
 import weakref
@@ -768,18 +769,20 @@ async def performance(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UU
         base = float(firsts[0]) if firsts else None
         values = [None if a is None or not base else float(a) / base * 100 for a in aligned]
         total = (float(firsts[-1]) / base - 1) if firsts and base else None
-        bench_out = BenchmarkOut(symbol=bench, values=values,
-                                 total_return=pct(Decimal(repr(total * 100))) if total is not None else None)
+        bench_out = BenchmarkOut(symbol=bench, values=values, total_return=None)
 
     def ratio(x: float | None) -> str | None:
-        return None if x is None or x != x else pct(Decimal(repr(x * 100)))
+        return None if x is None or not math.isfinite(x) else pct(Decimal(repr(x * 100)))
 
-    return PerformanceOut(
+    out = PerformanceOut(
         portfolio_id=portfolio_id, range=rng, start=dates[0] if dates else None, end=dates[-1] if dates else None,
         dates=dates, values=[dec(v, 2) for v in series.values],  # type: ignore[misc]
         net_flows=[dec(f, 2) for f in series.net_flows], net_contributions=[dec(c, 2) for c in series.contributions],  # type: ignore[misc]
         twr_index=[round(x, 6) for x in perf.cumulative_index(series.returns)] if dates else [],
         time_weighted_return=ratio(twr), time_weighted_return_annualized=ratio(twr_ann),
         money_weighted_return=ratio(mwr), benchmark=bench_out)
+    if bench_out is not None:
+        bench_out.total_return = ratio(total)
+    return out
 
 
