@@ -413,10 +413,25 @@ def _ledger_conflict(err: LedgerError, new_ids: set[Any]) -> AppError:
     return AppError(prefix + err.message, field=err.field)
 
 
+_ASSET_CURRENCY: dict[str, tuple[float, str]] = {}
+ASSET_TTL = 60.0  # known assets and their currency, per process (unknown symbols are asked every time)
+
+
 async def _asset_currencies(db: Any, symbols: Sequence[str]) -> dict[str, str]:
-    if not symbols:
-        return {}
-    return {r["symbol"]: r["currency"] for r in await db.fetch(q("asset_currencies"), list(symbols))}
+    now = time.monotonic()
+    out: dict[str, str] = {}
+    missing = []
+    for sym in symbols:
+        hit = _ASSET_CURRENCY.get(sym)
+        if hit is not None and hit[0] > now:
+            out[sym] = hit[1]
+        else:
+            missing.append(sym)
+    if missing:
+        for r in await db.fetch(q("asset_currencies"), missing):
+            out[r["symbol"]] = r["currency"]
+            _ASSET_CURRENCY[r["symbol"]] = (now + ASSET_TTL, r["currency"])
+    return out
 
 
 def _raise_field_errors(errors: list[tuple[str, str]], status: int = 400) -> None:
