@@ -30,5 +30,6 @@ def test_demo_ledger() -> None:
     state = replay([e.to_tx(seq=k) for k, e in enumerate(entries)], "fifo")
     assert state.auto_funded == 0 and state.realized_pnl > 0 and state.dividends > 0
     assert len(state.open_positions()) >= 10
-    assert Decimal(0) < state.cash < state.net_contributions / 10
+    value = sum((p.quantity * closes[p.symbol][-1][1] for p in state.open_positions()), state.cash)
+    assert Decimal(0) < state.cash < value / 10 and value > 2 * state.net_contributions
     assert all(e.price == e.price.quantize(Decimal("0.01")) for e in entries if e.price is not None)
