@@ -32,6 +32,7 @@ DOMAIN_MODULES: list[str] = [
     "app.system.health",
     "app.auth",
     "app.market",
+    "app.portfolio",
 ]
 
 
