@@ -102,7 +102,6 @@ RULE_KINDS = ("single_position", "top_five", "sector", "asset_class", "correlate
 
 
 class InsightThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    risk_tolerance: RiskTolerance = "moderate"
     disabled: list[str] = msgspec.field(default_factory=list)
     single_position: SinglePositionLevels = msgspec.field(default_factory=SinglePositionLevels)
     top_five: TopFiveLevels = msgspec.field(default_factory=TopFiveLevels)
@@ -154,6 +153,7 @@ class CorrelatedPair(msgspec.Struct, frozen=True):
 class InsightFacts(msgspec.Struct, kw_only=True):
     holdings: list[HoldingFacts]
     cash_weight: float = 0.0
+    risk_tolerance: RiskTolerance = "moderate"  # the user's profile setting (users.risk_tolerance)
     beta: float | None = None
     benchmark: str = "SPY"
     current_drawdown: float | None = None         # <= 0
@@ -332,18 +332,19 @@ class BetaRule(Rule):
     def evaluate(self, facts: InsightFacts, t: InsightThresholds) -> list[Finding]:
         if facts.beta is None:
             return []
-        limit = getattr(t.beta, t.risk_tolerance)
+        tol = facts.risk_tolerance
+        limit = getattr(t.beta, tol)
         if facts.beta <= limit:
             return []
         sev: Severity = "critical" if facts.beta > limit + t.beta.critical_margin else "warning"
         return [Finding(
             kind=self.kind, severity=sev,
-            title=f"Beta {facts.beta:.2f} is above the {limit:.2f} that suits a {t.risk_tolerance} investor",
-            numbers={"beta": facts.beta, "benchmark": facts.benchmark, "risk_tolerance": t.risk_tolerance},
+            title=f"Beta {facts.beta:.2f} is above the {limit:.2f} that suits a {tol} investor",
+            numbers={"beta": facts.beta, "benchmark": facts.benchmark, "risk_tolerance": tol},
             threshold={"max_beta": limit, "critical_above": limit + t.beta.critical_margin},
             explanation=(f"With a beta of {facts.beta:.2f} against {facts.benchmark}, a 10% market fall has "
                          f"historically meant about a {facts.beta * 10:.0f}% fall for this portfolio — more "
-                         f"than a {t.risk_tolerance} risk tolerance suggests."),
+                         f"than a {tol} risk tolerance suggests."),
             action="Consider lower-beta holdings (broad funds, defensive sectors, bonds) or a smaller equity share.",
             score=_score(sev, facts.beta, limit))]
 

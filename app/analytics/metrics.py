@@ -188,6 +188,7 @@ class Drawdown(msgspec.Struct, frozen=True):
     recovery_index: int | None    # first point at or above the peak after the trough; None if not yet
     current_drawdown: float       # <= 0, at the last point
     duration_periods: int | None  # peak → recovery; None while unrecovered
+    current_peak_index: int = 0   # the latest all-time high, from which current_drawdown is measured
 
 
 def wealth_path(r: np.ndarray) -> np.ndarray:
@@ -215,14 +216,16 @@ def max_drawdown(r: np.ndarray) -> Drawdown:
     dd = w / peak - 1.0
     trough = int(np.argmin(dd))
     mdd = float(dd[trough])
+    current_peak = int(w.size - 1 - np.argmax(w[::-1]))
     if mdd >= 0.0:
-        return Drawdown(0.0, 0, 0, 0, 0.0, 0)
+        return Drawdown(0.0, 0, 0, 0, 0.0, 0, current_peak)
     peak_i = int(np.argmax(w[: trough + 1]))  # first occurrence of the running max
     after = np.nonzero(w[trough:] >= w[peak_i])[0]
     recovery = int(trough + after[0]) if after.size else None
     return Drawdown(max_drawdown=mdd, peak_index=peak_i, trough_index=trough, recovery_index=recovery,
                     current_drawdown=float(dd[-1]),
-                    duration_periods=None if recovery is None else recovery - peak_i)
+                    duration_periods=None if recovery is None else recovery - peak_i,
+                    current_peak_index=current_peak)
 
 
 def calmar(r: np.ndarray, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR) -> float | None:
@@ -526,6 +529,7 @@ class DrawdownReport(msgspec.Struct, frozen=True):
     recovery_date: date | None
     duration_periods: int | None
     current_drawdown: float
+    current_peak_date: date | None = None  # latest all-time high (None while at a high)
 
 
 class BenchmarkMetrics(msgspec.Struct, frozen=True):
@@ -652,7 +656,8 @@ def compute_metrics(returns: Any, *, dates: Sequence[date] | None = None,
         drawdown=DrawdownReport(max_drawdown=dd.max_drawdown, peak_date=at(dd.peak_index) if had_dd else None,
                                 trough_date=at(dd.trough_index) if had_dd else None,
                                 recovery_date=at(dd.recovery_index) if had_dd else None,
-                                duration_periods=dd.duration_periods, current_drawdown=dd.current_drawdown),
+                                duration_periods=dd.duration_periods, current_drawdown=dd.current_drawdown,
+                                current_peak_date=at(dd.current_peak_index) if dd.current_drawdown < 0 else None),
         calmar=calmar(r, periods_per_year),
         var_historical=historical_var(r, confidence, horizon), cvar_historical=historical_cvar(r, confidence, horizon),
         var_parametric=parametric_var(r, confidence, horizon), cvar_parametric=parametric_cvar(r, confidence, horizon),

@@ -1,0 +1,60 @@
+"""Turning daily closes into aligned return series. Pure (no I/O).
+
+* A symbol's daily return on date d is ``close(d) / close(previous date with a close) - 1``.
+* Holdings are aligned by date with an inner join: the covariance and correlation matrix use only
+  the dates on which *every* current holding has a return (a holding listed later shortens the window).
+* Non-positive or non-finite closes are dropped before returns are taken (bad ticks, not prices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date
+from decimal import Decimal
+
+import numpy as np
+
+
+def close_returns(closes: Sequence[tuple[date, Decimal | float]]) -> tuple[list[date], np.ndarray]:
+    """(dates, simple returns) from ascending (date, close) pairs; the first close gives no return."""
+    ds: list[date] = []
+    px: list[float] = []
+    for d, c in closes:
+        v = float(c)
+        if not (v > 0 and np.isfinite(v)):
+            continue
+        if ds and d <= ds[-1]:
+            if d == ds[-1]:
+                px[-1] = v  # a repeated day: keep the later close
+            continue
+        ds.append(d)
+        px.append(v)
+    if len(px) < 2:
+        return [], np.empty(0)
+    p = np.asarray(px)
+    return ds[1:], p[1:] / p[:-1] - 1.0
+
+
+def aligned_matrix(closes_by_symbol: Mapping[str, Sequence[tuple[date, Decimal | float]]],
+                   symbols: Sequence[str], start: date | None = None) -> tuple[list[date], np.ndarray]:
+    """Dates × symbols matrix of daily returns on the dates every symbol has a return (from ``start``).
+
+    Returns are taken on each symbol's own consecutive closes *before* the join, so a missing day of
+    one symbol does not turn the next day into a two-day return for it alone; the joined rows are the
+    days on which all symbols traded."""
+    if not symbols:
+        return [], np.empty((0, 0))
+    series = []
+    common: np.ndarray | None = None
+    for s in symbols:
+        ds, r = close_returns(closes_by_symbol.get(s, ()))
+        ords = np.fromiter((d.toordinal() for d in ds), dtype=np.int64, count=len(ds))
+        series.append((ords, r))
+        common = ords if common is None else np.intersect1d(common, ords, assume_unique=True)
+    assert common is not None
+    if start is not None:
+        common = common[common >= start.toordinal()]
+    mat = np.empty((common.size, len(symbols)))
+    for j, (ords, r) in enumerate(series):
+        mat[:, j] = r[np.searchsorted(ords, common)]
+    return [date.fromordinal(int(o)) for o in common], mat

@@ -1,0 +1,19 @@
+-- name: get_thresholds
+SELECT thresholds, updated_at FROM analytics_insight_settings WHERE user_id = $1
+
+-- name: put_thresholds
+INSERT INTO analytics_insight_settings (user_id, thresholds, updated_at)
+VALUES ($1, $2, now())
+ON CONFLICT (user_id) DO UPDATE SET thresholds = EXCLUDED.thresholds, updated_at = now()
+RETURNING thresholds, updated_at
+
+-- name: risk_tolerance
+SELECT risk_tolerance FROM users WHERE id = $1
+
+-- name: asset_info
+SELECT symbol, sector, type FROM assets WHERE symbol = ANY($1::text[])
+
+-- name: fees_12m
+-- Trading fees charged over the last 12 months (portfolio's transactions table).
+SELECT COALESCE(sum(fee), 0) FROM transactions
+WHERE portfolio_id = $1 AND executed_at >= now() - interval '365 days'
