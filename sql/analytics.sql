@@ -14,6 +14,7 @@ SELECT risk_tolerance FROM users WHERE id = $1
 SELECT symbol, sector, type FROM assets WHERE symbol = ANY($1::text[])
 
 -- name: fees_12m
--- Trading fees charged over the last 12 months (portfolio's transactions table).
-SELECT COALESCE(sum(fee), 0) FROM transactions
+-- Fees charged over the last 12 months: the fee on every entry plus stand-alone 'fee' entries.
+SELECT COALESCE(sum(fee), 0) + COALESCE(sum(amount) FILTER (WHERE type = 'fee'), 0)
+FROM transactions
 WHERE portfolio_id = $1 AND executed_at >= now() - interval '365 days'

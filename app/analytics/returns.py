@@ -15,24 +15,30 @@ from decimal import Decimal
 import numpy as np
 
 
+def _ordinal_returns(closes: Sequence[tuple[date, Decimal | float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(date ordinals, returns) — the vectorized core of :func:`close_returns`."""
+    n = len(closes)
+    if n < 2:
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    ords = np.fromiter((d.toordinal() for d, _ in closes), dtype=np.int64, count=n)
+    px = np.fromiter((c for _, c in closes), dtype=np.float64, count=n)
+    ok = np.isfinite(px) & (px > 0)
+    if not ok.all():
+        ords, px = ords[ok], px[ok]
+    if ords.size > 1 and (np.diff(ords) <= 0).any():
+        order = np.argsort(ords, kind="stable")
+        ords, px = ords[order], px[order]
+        last = np.append(ords[1:] != ords[:-1], True)  # a repeated day: keep the later close
+        ords, px = ords[last], px[last]
+    if px.size < 2:
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    return ords[1:], px[1:] / px[:-1] - 1.0
+
+
 def close_returns(closes: Sequence[tuple[date, Decimal | float]]) -> tuple[list[date], np.ndarray]:
     """(dates, simple returns) from ascending (date, close) pairs; the first close gives no return."""
-    ds: list[date] = []
-    px: list[float] = []
-    for d, c in closes:
-        v = float(c)
-        if not (v > 0 and np.isfinite(v)):
-            continue
-        if ds and d <= ds[-1]:
-            if d == ds[-1]:
-                px[-1] = v  # a repeated day: keep the later close
-            continue
-        ds.append(d)
-        px.append(v)
-    if len(px) < 2:
-        return [], np.empty(0)
-    p = np.asarray(px)
-    return ds[1:], p[1:] / p[:-1] - 1.0
+    ords, r = _ordinal_returns(closes)
+    return [date.fromordinal(int(o)) for o in ords], r
 
 
 def aligned_matrix(closes_by_symbol: Mapping[str, Sequence[tuple[date, Decimal | float]]],
@@ -47,8 +53,7 @@ def aligned_matrix(closes_by_symbol: Mapping[str, Sequence[tuple[date, Decimal |
     series = []
     common: np.ndarray | None = None
     for s in symbols:
-        ds, r = close_returns(closes_by_symbol.get(s, ()))
-        ords = np.fromiter((d.toordinal() for d in ds), dtype=np.int64, count=len(ds))
+        ords, r = _ordinal_returns(closes_by_symbol.get(s, ()))
         series.append((ords, r))
         common = ords if common is None else np.intersect1d(common, ords, assume_unique=True)
     assert common is not None
