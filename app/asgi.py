@@ -31,6 +31,7 @@ log = logging.getLogger("app")
 DOMAIN_MODULES: list[str] = [
     "app.system.health",
     "app.auth",
+    "app.market",
     "app.analytics",
 ]
 

@@ -6,10 +6,12 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
 import re
 import secrets
 import uuid
 import zoneinfo
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -79,13 +81,24 @@ class Client(msgspec.Struct, frozen=True):
 
 
 # --- passwords off the event loop ---------------------------------------------------------------------
+# bcrypt runs in threads of its own (it releases the GIL), at most one fewer than there are cores, so a
+# burst of logins can neither block the event loop nor take every core from it, nor fill the default
+# executor that other code relies on. Surplus logins queue here.
+
+PASSWORD_THREADS = max(1, (os.cpu_count() or 2) - 1)
+_password_pool = ThreadPoolExecutor(max_workers=PASSWORD_THREADS, thread_name_prefix="bcrypt")
+
+
+async def _off_loop(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(_password_pool, fn, *args)
+
 
 async def hash_password(ctx: AppContext, password: str) -> str:
-    return await asyncio.to_thread(passwords.hash_password, password, ctx.settings.bcrypt_rounds)
+    return await _off_loop(passwords.hash_password, password, ctx.settings.bcrypt_rounds)
 
 
 async def verify_password(password: str, password_hash: str) -> bool:
-    return await asyncio.to_thread(passwords.verify_password, password, password_hash)
+    return await _off_loop(passwords.verify_password, password, password_hash)
 
 
 @lru_cache(maxsize=4)
@@ -94,7 +107,7 @@ def _dummy_hash(rounds: int) -> str:
 
 
 async def dummy_hash(ctx: AppContext) -> str:
-    return await asyncio.to_thread(_dummy_hash, ctx.settings.bcrypt_rounds)
+    return await _off_loop(_dummy_hash, ctx.settings.bcrypt_rounds)
 
 
 def check_password_policy(password: str, email: str | None, field: str = "password") -> None:
@@ -181,38 +194,31 @@ async def login(ctx: AppContext, email: str, password: str, client: Client) -> A
     return out
 
 
-class _Reuse(Exception):
-    def __init__(self, session_id: uuid.UUID) -> None:
-        self.session_id = session_id
-
-
 async def refresh(ctx: AppContext, token: str, client: Client) -> AuthOut:
     """Rotate: the presented refresh token is spent, a new pair is issued for the same session.
     A spent token presented again means it leaked (or a client raced itself): the whole session
-    (token family) is revoked and its access tokens die with it."""
+    (token family) is revoked, in the database first, and its access tokens die with it."""
     presented = hash_refresh_token(token)
     invalid = Unauthorized("invalid refresh token", headers={"WWW-Authenticate": "Bearer"})
-    try:
-        async with ctx.db.transaction() as conn:
-            row = await conn.fetchrow(q("session_for_refresh"), presented)
-            if row is None:
-                reused = await conn.fetchval(q("used_refresh_session"), presented)
-                if reused is None:
-                    raise invalid
+    reused: uuid.UUID | None = None
+    async with ctx.db.transaction() as conn:
+        row = await conn.fetchrow(q("session_for_refresh"), presented)
+        if row is None:
+            reused = await conn.fetchval(q("used_refresh_session"), presented)
+            if reused is not None:
                 await conn.execute(q("revoke_session"), reused, "refresh token reuse")
-                raise _Reuse(reused)
-            if row["revoked_at"] is not None or row["expired"] or row["disabled"]:
-                raise invalid
+        elif row["revoked_at"] is None and not row["expired"] and not row["disabled"]:
             new_token, new_hash = new_refresh_token()
             await conn.execute(q("insert_used_refresh"), presented, row["id"])
             await conn.execute(q("rotate_refresh"), row["id"], new_hash, client.user_agent, client.ip)
             user_row = await conn.fetchrow(q("user_by_id"), row["user_id"])
-    except _Reuse as reuse:
-        log.warning("refresh token reuse: session revoked", extra={"session_id": str(reuse.session_id)})
-        await refresh_states(ctx, [reuse.session_id], reason="refresh token reuse")
-        raise invalid from None
-    return AuthOut(user=user_out(user_row), access_token=issue_access_token(ctx.settings, row["user_id"], row["id"]),
-                   refresh_token=new_token, expires_in=ctx.settings.access_token_ttl)
+            return AuthOut(user=user_out(user_row),
+                           access_token=issue_access_token(ctx.settings, row["user_id"], row["id"]),
+                           refresh_token=new_token, expires_in=ctx.settings.access_token_ttl)
+    if reused is not None:
+        log.warning("refresh token reuse: session revoked", extra={"session_id": str(reused)})
+        await refresh_states(ctx, [reused], reason="refresh token reuse")
+    raise invalid
 
 
 async def logout(ctx: AppContext, user: AuthUser) -> None:
