@@ -160,11 +160,37 @@ class PortfolioData:
     benchmark: str
 
 
-def window_start(window: str, today: date | None = None) -> date | None:
+def window_start(window: str, end: date | None = None) -> date | None:
+    """First day of a window ending at ``end`` (the portfolio's latest market date); None for max."""
     days = WINDOW_DAYS.get(window, -1)
     if days == -1:
         raise AppError("window must be one of 1y, 3y, 5y, max", status_code=400, field="window")
-    return None if days is None else (today or _today()) - timedelta(days=days)
+    return None if days is None else (end or _today()) - timedelta(days=days)
+
+
+@dataclass
+class WindowSeries:
+    dates: list[date]
+    returns: list[float]
+    values: list[float]
+
+
+async def window_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID, window: str) -> WindowSeries:
+    """The portfolio's daily series over the window. Windows end at the series' last date (the latest
+    market date with closes for its holdings), not at today, so a stale data source still gives a
+    full window."""
+    from app.portfolio.service import portfolio_daily_series
+
+    series = await portfolio_daily_series(ctx, portfolio_id, user_id)
+    dates = list(series.dates)
+    returns = [float(r) for r in series.returns]
+    values = [float(v) for v in series.values]
+    if dates:
+        start = window_start(window, dates[-1])
+        if start is not None:
+            i0 = next((i for i, d in enumerate(dates) if d >= start), len(dates))
+            dates, returns, values = dates[i0:], returns[i0:], values[i0:]
+    return WindowSeries(dates=dates, returns=returns, values=values)
 
 
 def _f(x: Decimal | float | None) -> float | None:
@@ -174,10 +200,9 @@ def _f(x: Decimal | float | None) -> float | None:
 async def load_portfolio(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID, window: str,
                          benchmark: str) -> PortfolioData:
     from app.market.prices import daily_closes
-    from app.portfolio.service import get_holdings, portfolio_daily_series
+    from app.portfolio.service import get_holdings
 
-    start = window_start(window)
-    series = await portfolio_daily_series(ctx, portfolio_id, user_id, start=start)
+    series = await window_series(ctx, portfolio_id, user_id, window)
     view = await get_holdings(ctx, portfolio_id, user_id)
     total = float(view.total_value) if view.total_value else 0.0
     holdings: list[HoldingIn] = []
@@ -195,15 +220,14 @@ async def load_portfolio(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid
             if h.symbol in info:
                 h.sector = info[h.symbol]["sector"]
                 h.asset_type = info[h.symbol]["type"]
-    first = series.dates[0] if series.dates else start
+    first = series.dates[0] if series.dates else None
     closes = await daily_closes(ctx.db, symbols, start=None if first is None else first - CLOSE_LOOKBACK)
     if not closes.get(benchmark):
         raise Unprocessable(f"no daily closes for benchmark {benchmark!r}; use a symbol with price history "
                             "such as SPY", field="benchmark")
     cash = float(view.cash) if view.cash is not None else 0.0
     return PortfolioData(
-        series_dates=list(series.dates), series_returns=[float(r) for r in series.returns],
-        series_values=[float(v) for v in series.values], holdings=holdings,
+        series_dates=series.dates, series_returns=series.returns, series_values=series.values, holdings=holdings,
         cash_weight=(cash / total) if total > 0 else 0.0, total_value=total, closes=closes, benchmark=benchmark)
 
 
@@ -288,19 +312,18 @@ async def risk_report(ctx: AppContext, user_id: uuid.UUID, portfolio_id: uuid.UU
 
 async def forecast_report(ctx: AppContext, user_id: uuid.UUID, portfolio_id: uuid.UUID, *, window: str = "max",
                           confidence: float = 0.95) -> ForecastReport:
-    from app.portfolio.service import get_owned_portfolio, portfolio_daily_series
+    from app.portfolio.service import get_owned_portfolio
 
     _check_confidence(confidence)
-    start = window_start(window)
+    window_start(window)
     await get_owned_portfolio(ctx.db, portfolio_id, user_id)
     key = await _cache_key(ctx, "forecast", portfolio_id, window, confidence)
 
     async def compute() -> ForecastReport:
-        series = await portfolio_daily_series(ctx, portfolio_id, user_id, start=start)
-        returns = [float(r) for r in series.returns]
+        series = await window_series(ctx, portfolio_id, user_id, window)
         svc = _service(ctx)
         try:
-            out = await _off_loop(svc, fc.forecast, returns, confidence)
+            out = await _off_loop(svc, fc.forecast, series.returns, confidence)
         except mt.MetricsError as exc:
             raise metrics_error(exc) from None
         return ForecastReport(portfolio_id=portfolio_id, window=window, as_of=series.dates[-1],
@@ -430,15 +453,8 @@ async def insights_report(ctx: AppContext, user_id: uuid.UUID, portfolio_id: uui
             chosen = forecast.forecast.garch or forecast.forecast.ewma
             model = chosen.model
             vol_f, vol_lr = chosen.annualized_volatility, chosen.long_run_annualized_volatility
-        avg_value = None
-        if report is not None:
-            from app.portfolio.service import portfolio_daily_series
-
-            series = await portfolio_daily_series(ctx, portfolio_id, user_id, start=_today() - timedelta(days=365))
-            vals = [float(v) for v in series.values if v is not None]
-            avg_value = sum(vals) / len(vals) if vals else None
-        elif total > 0:
-            avg_value = total
+        year = await window_series(ctx, portfolio_id, user_id, "1y")
+        avg_value = sum(year.values) / len(year.values) if year.values else (total or None)
         facts = ins.InsightFacts(
             holdings=facts_holdings, cash_weight=(float(view.cash) / total) if total > 0 else 0.0,
             risk_tolerance=tolerance, benchmark=benchmark,
