@@ -243,8 +243,15 @@ def compute_risk(data: PortfolioData, *, confidence: float, window: str, portfol
                                   why=f"the {window} window has {returns.size}; trade history must span at least "
                                       f"{need + 1} market days")
     b_dates, b_returns = close_returns(data.closes.get(data.benchmark, []))
-    metrics = mt.compute_metrics(returns, dates=data.series_dates, benchmark_returns=b_returns,
-                                 benchmark_dates=b_dates, confidence=confidence)
+    try:
+        metrics = mt.compute_metrics(returns, dates=data.series_dates, benchmark_returns=b_returns,
+                                     benchmark_dates=b_dates, confidence=confidence)
+    except mt.InsufficientData as exc:
+        if exc.field != "benchmark_returns":
+            raise
+        # the portfolio's own figures stand; only the benchmark-relative ones are left out
+        metrics = mt.compute_metrics(returns, dates=data.series_dates, confidence=confidence)
+        notes.append(f"benchmark {data.benchmark}: {exc.message}; benchmark-relative figures left out")
     contrib: HoldingsRisk | None = None
     corr: CorrelationMatrix | None = None
     held = [h for h in data.holdings if h.weight > 0]
