@@ -90,7 +90,12 @@ async def _off_loop(svc: AnalyticsService, fn: Callable[..., T], *args: Any, **k
         svc.compute_ms_last = (time.perf_counter() - started) * 1000
 
 
+_INFLIGHT: dict[str, asyncio.Future[Any]] = {}
+
+
 async def _cached(ctx: AppContext, key: str, type_: type[T], compute: Callable[[], Awaitable[T]]) -> T:
+    """The cached value, or compute it once: concurrent misses for one key in this process share a
+    single computation (a dashboard asks for risk, forecast and insights at the same moment)."""
     svc = _service(ctx)
     try:
         raw = await ctx.cache.get(key)
@@ -103,8 +108,34 @@ async def _cached(ctx: AppContext, key: str, type_: type[T], compute: Callable[[
             return value
         except msgspec.DecodeError:
             log.warning("dropping an undecodable cache entry", extra={"key": key})
+    pending = _INFLIGHT.get(key)
+    if pending is not None:
+        try:
+            value = await asyncio.shield(pending)
+            svc.counters["cache_hits"] += 1
+            return value
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not pending.cancelled() or (task is not None and task.cancelling()):
+                raise
+            # the computing request went away (client disconnected): compute it here instead
     svc.counters["cache_misses"] += 1
-    value = await compute()
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    _INFLIGHT[key] = future
+    try:
+        value = await compute()
+    except Exception as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+        raise
+    except BaseException:
+        future.cancel()
+        raise
+    else:
+        future.set_result(value)
+    finally:
+        if _INFLIGHT.get(key) is future:
+            del _INFLIGHT[key]
     try:
         await ctx.cache.set(key, msgspec.json.encode(value), ttl=CACHE_TTL)
     except CacheUnavailable:

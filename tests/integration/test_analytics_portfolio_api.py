@@ -67,7 +67,12 @@ async def market(database_url: str, unique: str) -> Market:
     return m
 
 
-QTY = {0: Decimal("200"), 1: Decimal("60"), 2: Decimal("100"), 3: Decimal("80")}
+TARGET = {0: Decimal("0.40"), 1: Decimal("0.15"), 2: Decimal("0.15"), 3: Decimal("0.10")}  # 20 % cash
+
+
+def _qty(market: Market, start_index: int) -> dict[int, Decimal]:
+    return {i: (w * 60000 / market.prices[market.symbols[i]][start_index]).quantize(Decimal("1"))
+            for i, w in TARGET.items()}
 
 
 async def _portfolio(client, user, market: Market, *, start_index: int = 0) -> str:
@@ -79,7 +84,7 @@ async def _portfolio(client, user, market: Market, *, start_index: int = 0) -> s
     r = await client.post(f"/api/portfolio/{pid}/transactions", headers=user.headers,
                           json={"type": "deposit", "amount": "60000", "executed_at": at})
     assert r.status_code == 201, r.text
-    for i, q in QTY.items():
+    for i, q in _qty(market, start_index).items():
         s = market.symbols[i]
         r = await client.post(f"/api/portfolio/{pid}/transactions", headers=user.headers, json={
             "type": "buy", "symbol": s, "quantity": str(q), "price": str(market.prices[s][start_index]),
@@ -90,9 +95,10 @@ async def _portfolio(client, user, market: Market, *, start_index: int = 0) -> s
 
 def _expected_series(market: Market) -> np.ndarray:
     """Buy-and-hold value path from the closes: cash + Σ q · close (no flows after day 0)."""
-    invested = sum(QTY[i] * market.prices[s][0] for i, s in enumerate(market.symbols))
+    qty = _qty(market, 0)
+    invested = sum(qty[i] * market.prices[s][0] for i, s in enumerate(market.symbols))
     cash = Decimal("60000") - invested
-    values = np.array([float(cash + sum(QTY[i] * market.prices[s][t] for i, s in enumerate(market.symbols)))
+    values = np.array([float(cash + sum(qty[i] * market.prices[s][t] for i, s in enumerate(market.symbols)))
                        for t in range(N_DAYS)])
     return values[1:] / values[:-1] - 1
 
@@ -206,13 +212,14 @@ async def test_forecast_has_ewma_and_garch(client, market: Market) -> None:
 
 async def test_insights_ranked_with_thresholds_per_user(client, market: Market) -> None:
     user = await register_user(client)
-    pid = await _portfolio(client, user, market)
+    pid = await _portfolio(client, user, market, start_index=N_DAYS - 120)  # little drift from the targets
     r = await client.get(f"/api/analytics/portfolio/{pid}/insights", headers=user.headers,
                          params={"benchmark": market.bench})
     assert r.status_code == 200, r.text
     body = r.json()
     kinds = [f["kind"] for f in body["findings"]]
-    assert "sector" in kinds  # two Technology holdings are well over 35 %
+    assert "sector" in kinds  # two Technology holdings bought at 55 %
+    assert "single_position" in kinds  # one at 40 %
     for f in body["findings"]:
         assert f["title"] and f["explanation"] and f["action"] and f["threshold"] and f["numbers"]
     ranks = {"critical": 3, "warning": 2, "info": 1}

@@ -59,7 +59,8 @@ def test_each_rule_fires_with_numbers_threshold_and_text() -> None:
 
 def test_thresholds_are_per_user_and_rules_can_be_disabled() -> None:
     facts = _balanced()
-    t = ins.merge_thresholds({"single_position": {"warning": 0.05, "critical": 0.5}, "risk_tolerance": "conservative",
+    facts.risk_tolerance = "conservative"
+    t = ins.merge_thresholds({"single_position": {"warning": 0.05, "critical": 0.5},
                               "beta": {"conservative": 0.5}}, {"disabled": ["idle_cash"]})
     found = ins.evaluate(facts, t)
     kinds = [f.kind for f in found]
@@ -79,7 +80,7 @@ def test_bad_thresholds_are_rejected_with_the_field() -> None:
     with pytest.raises(msgspec.ValidationError, match="unknown field"):
         ins.merge_thresholds({}, {"nope": 1})
     with pytest.raises(msgspec.ValidationError):
-        ins.merge_thresholds({}, {"risk_tolerance": "reckless"})
+        ins.merge_thresholds({}, {"disabled": ["reckless"]})
 
 
 def test_template_narrative_is_deterministic_and_mentions_the_top_finding() -> None:
