@@ -250,6 +250,7 @@ class TopFiveRule(Rule):
 class _GroupRule(Rule):
     attr: ClassVar[str]
     label: ClassVar[str]
+    title_fmt: ClassVar[str]  # "{share}" and "{name}"
 
     def levels(self, t: InsightThresholds) -> _Levels:
         raise NotImplementedError
@@ -269,7 +270,7 @@ class _GroupRule(Rule):
                 continue
             syms = [h.symbol for h in sorted(members, key=lambda h: -h.weight)]
             out.append(Finding(
-                kind=self.kind, severity=sev, title=f"{pct(w)} of the portfolio is in {self.label} {name}",
+                kind=self.kind, severity=sev, title=self.title_fmt.format(share=pct(w), name=name),
                 numbers={"weight": w, self.label.replace(" ", "_"): name, "holdings": float(len(members))},
                 threshold={"warning": lv.warning, **({"critical": lv.critical} if lv.critical is not None else {})},
                 explanation=(f"{len(members)} holding(s) ({', '.join(syms[:6])}{'…' if len(syms) > 6 else ''}) share "
@@ -284,6 +285,7 @@ class SectorRule(_GroupRule):
     kind = "sector"
     attr = "sector"
     label = "sector"
+    title_fmt = "{share} of the portfolio is in the {name} sector"
 
     def levels(self, t: InsightThresholds) -> _Levels:
         return t.sector
@@ -293,6 +295,7 @@ class AssetClassRule(_GroupRule):
     kind = "asset_class"
     attr = "asset_type"
     label = "asset class"
+    title_fmt = "{share} of the portfolio is in one asset class ({name})"
 
     def levels(self, t: InsightThresholds) -> _Levels:
         return t.asset_class

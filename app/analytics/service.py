@@ -283,6 +283,8 @@ def compute_risk(data: PortfolioData, *, confidence: float, window: str, portfol
         # the portfolio's own figures stand; only the benchmark-relative ones are left out
         metrics = mt.compute_metrics(returns, dates=data.series_dates, confidence=confidence)
         notes.append(f"benchmark {data.benchmark}: {exc.message}; benchmark-relative figures left out")
+    if returns.size < mt.DEFAULT_PERIODS_PER_YEAR:
+        notes.append(f"annualized figures extrapolate {returns.size} daily returns (less than a year)")
     contrib: HoldingsRisk | None = None
     corr: CorrelationMatrix | None = None
     held = [h for h in data.holdings if h.weight > 0]

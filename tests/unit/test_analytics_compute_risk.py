@@ -40,7 +40,8 @@ def test_full_report() -> None:
     assert rep.contributions is not None and rep.contributions.periods == len(DAYS) - 1
     assert sum(h.component_volatility for h in rep.contributions.holdings) == pytest.approx(
         rep.contributions.total_volatility)
-    assert rep.correlation is not None and rep.correlation.symbols == ["A", "B"] and rep.notes == []
+    assert rep.correlation is not None and rep.correlation.symbols == ["A", "B"]
+    assert rep.notes == ["annualized figures extrapolate 119 daily returns (less than a year)"]
     assert rep.as_of == DAYS[-1]
 
 
