@@ -18,3 +18,14 @@ SELECT symbol, sector, type FROM assets WHERE symbol = ANY($1::text[])
 SELECT COALESCE(sum(fee), 0) + COALESCE(sum(amount) FILTER (WHERE type = 'fee'), 0)
 FROM transactions
 WHERE portfolio_id = $1 AND executed_at >= now() - interval '365 days'
+
+-- name: daily_closes
+-- Daily closes per symbol as arrays: Python date ordinals (date.toordinal(): 0001-01-01 is 1) and
+-- float8 prices, ascending. Same rows as app.market.prices.daily_closes reads.
+SELECT symbol,
+       array_agg(((ts AT TIME ZONE 'UTC')::date - DATE '0001-01-01' + 1) ORDER BY ts) AS ords,
+       array_agg(close::float8 ORDER BY ts) AS closes
+FROM daily_bars
+WHERE symbol = ANY($1::text[])
+  AND ($2::timestamptz IS NULL OR ts >= $2)
+GROUP BY symbol

@@ -11,17 +11,36 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
+from typing import NamedTuple
 
 import numpy as np
 
 
-def _ordinal_returns(closes: Sequence[tuple[date, Decimal | float]]) -> tuple[np.ndarray, np.ndarray]:
+class Closes(NamedTuple):
+    """One symbol's daily closes as arrays: ``date.toordinal()`` values and prices (ascending)."""
+
+    ords: np.ndarray  # int64
+    px: np.ndarray    # float64
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[tuple[date, Decimal | float]]) -> Closes:
+        n = len(pairs)
+        return cls(np.fromiter((d.toordinal() for d, _ in pairs), dtype=np.int64, count=n),
+                   np.fromiter((c for _, c in pairs), dtype=np.float64, count=n))
+
+
+EMPTY = Closes(np.empty(0, dtype=np.int64), np.empty(0))
+
+
+def _as_closes(closes: Closes | Sequence[tuple[date, Decimal | float]]) -> Closes:
+    return closes if isinstance(closes, Closes) else Closes.from_pairs(closes)
+
+
+def _ordinal_returns(closes: Closes | Sequence[tuple[date, Decimal | float]]) -> tuple[np.ndarray, np.ndarray]:
     """(date ordinals, returns) — the vectorized core of :func:`close_returns`."""
-    n = len(closes)
-    if n < 2:
+    ords, px = _as_closes(closes)
+    if ords.size < 2:
         return np.empty(0, dtype=np.int64), np.empty(0)
-    ords = np.fromiter((d.toordinal() for d, _ in closes), dtype=np.int64, count=n)
-    px = np.fromiter((c for _, c in closes), dtype=np.float64, count=n)
     ok = np.isfinite(px) & (px > 0)
     if not ok.all():
         ords, px = ords[ok], px[ok]
@@ -35,13 +54,13 @@ def _ordinal_returns(closes: Sequence[tuple[date, Decimal | float]]) -> tuple[np
     return ords[1:], px[1:] / px[:-1] - 1.0
 
 
-def close_returns(closes: Sequence[tuple[date, Decimal | float]]) -> tuple[list[date], np.ndarray]:
+def close_returns(closes: Closes | Sequence[tuple[date, Decimal | float]]) -> tuple[list[date], np.ndarray]:
     """(dates, simple returns) from ascending (date, close) pairs; the first close gives no return."""
     ords, r = _ordinal_returns(closes)
     return [date.fromordinal(int(o)) for o in ords], r
 
 
-def aligned_matrix(closes_by_symbol: Mapping[str, Sequence[tuple[date, Decimal | float]]],
+def aligned_matrix(closes_by_symbol: Mapping[str, Closes | Sequence[tuple[date, Decimal | float]]],
                    symbols: Sequence[str], start: date | None = None) -> tuple[list[date], np.ndarray]:
     """Dates × symbols matrix of daily returns on the dates every symbol has a return (from ``start``).
 
@@ -53,7 +72,7 @@ def aligned_matrix(closes_by_symbol: Mapping[str, Sequence[tuple[date, Decimal |
     series = []
     common: np.ndarray | None = None
     for s in symbols:
-        ords, r = _ordinal_returns(closes_by_symbol.get(s, ()))
+        ords, r = _ordinal_returns(closes_by_symbol.get(s, EMPTY))
         series.append((ords, r))
         common = ords if common is None else np.intersect1d(common, ords, assume_unique=True)
     assert common is not None

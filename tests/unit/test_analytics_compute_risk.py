@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 
 from app.analytics import metrics as mt
+from app.analytics.returns import Closes
 from app.analytics.service import HoldingIn, PortfolioData, compute_risk
 
 DAYS = [date(2023, 1, 2) + timedelta(days=i) for i in range(120)]
 
 
-def _closes(seed: int, days: list[date]) -> list[tuple[date, float]]:
+def _closes(seed: int, days: list[date]) -> Closes:
     r = np.random.default_rng(seed).normal(0.0003, 0.01, len(days))
     p = 100 * np.cumprod(1 + r)
-    return list(zip(days, p.tolist(), strict=True))
+    return Closes.from_pairs(list(zip(days, p.tolist(), strict=True)))
 
 
 def _data(**over) -> PortfolioData:
