@@ -4,6 +4,7 @@ symbols, written straight into the market tables), so every figure can be checke
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from app.analytics import metrics as mt
+from tests.integration.test_analytics_narrative import fake_model  # noqa: F401 - fixture
 from tests.support.auth import register_user
 
 N_DAYS = 320
@@ -61,8 +63,8 @@ class Market:
 
 
 @pytest.fixture
-async def market(database_url: str, unique: str) -> Market:
-    m = Market(unique)
+async def market(client, database_url: str, unique: str) -> Market:
+    m = Market(unique)  # `client` first: its start-up applies the migrations
     await m.install(database_url)
     return m
 
@@ -233,3 +235,35 @@ async def test_insights_ranked_with_thresholds_per_user(client, market: Market) 
     r = await client.get(f"/api/analytics/portfolio/{pid}/insights", headers=user.headers,
                          params={"benchmark": market.bench})
     assert "sector" not in [f["kind"] for f in r.json()["findings"]]
+
+
+async def test_insights_narrative_from_a_model_and_its_timeout(test_env, market: Market, fake_model) -> None:
+    """A second app configured with a (fake) OpenAI-compatible model: its paragraph is used with our
+    numbers; when it is slower than AI_TIMEOUT the answer still comes, from the template, in time."""
+    from litestar.testing import AsyncTestClient
+
+    from app.asgi import create_app
+    from tests.conftest import make_settings
+
+    state, url = fake_model
+    settings = make_settings(test_env, ai_api_url=url, ai_api_key="k", ai_model="fake-1", ai_timeout="0.5")
+    async with AsyncTestClient(app=create_app(settings)) as ai_client:
+        user = await register_user(ai_client)
+        pid = await _portfolio(ai_client, user, market, start_index=N_DAYS - 120)
+        state.reply = "Volatility runs at {volatility}. The biggest issue: {f1_title}."
+        r = await ai_client.get(f"/api/analytics/portfolio/{pid}/insights", headers=user.headers,
+                                params={"benchmark": market.bench})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["narrative"]["source"] == "model", body["narrative"]
+        assert body["findings"][0]["title"] in body["narrative"]["text"]
+        assert "{" not in body["narrative"]["text"]
+        # a slow model: a new ledger version forces a fresh answer
+        await ai_client.post(f"/api/portfolio/{pid}/transactions", headers=user.headers,
+                             json={"type": "deposit", "amount": "10"})
+        state.delay = 3.0
+        started = time.perf_counter()
+        r = await ai_client.get(f"/api/analytics/portfolio/{pid}/insights", headers=user.headers,
+                                params={"benchmark": market.bench})
+        assert r.status_code == 200 and r.json()["narrative"]["source"] == "template"
+        assert time.perf_counter() - started < 2.5
