@@ -109,3 +109,12 @@ async def test_thresholds_get_put_roundtrip(client) -> None:
     other = await register_user(client)
     r = await client.get("/api/analytics/insights/thresholds", headers=other.headers)
     assert r.json()["overrides"] == {}
+
+
+async def test_payload_size_is_bounded(client) -> None:
+    user = await register_user(client)
+    r = np.random.default_rng(3).normal(0, 0.01, 100_000).round(6).tolist()
+    ok = await client.post("/api/analytics/metrics", headers=user.headers, json={"returns": r})
+    assert ok.status_code == 200 and ok.json()["periods"] == 100_000
+    too_many = await client.post("/api/analytics/metrics", headers=user.headers, json={"returns": r + [0.0]})
+    assert too_many.status_code in (400, 413)
