@@ -79,7 +79,8 @@ class RegimeLevels(_Levels, kw_only=True, forbid_unknown_fields=True):
 
 
 class StaleLevels(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    max_age_days: float = 4.0      # older than this (calendar days) counts as stale
+    max_age_days: float = 5.0      # older than this (calendar days) counts as stale; a daily bar is stamped
+                                   # at midnight UTC of its day, so a long weekend alone reaches ~4.5
     critical_weight: float = 0.25  # stale holdings worth more than this → critical
 
     def __post_init__(self) -> None:
