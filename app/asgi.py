@@ -33,6 +33,7 @@ DOMAIN_MODULES: list[str] = [
     "app.auth",
     "app.market",
     "app.portfolio",
+    "app.analytics",
 ]
 
 
