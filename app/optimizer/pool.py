@@ -73,6 +73,14 @@ def _worker_main(conn: Connection, nice: int) -> None:
             return
 
 
+def _size_hint(payload: Any) -> int:
+    """Roughly how many bytes a job's payload pickles to (the returns matrix dominates)."""
+    if isinstance(payload, tuple):
+        return sum(_size_hint(p) for p in payload)
+    returns = getattr(payload, "returns", None)
+    return int(getattr(returns, "nbytes", 0))
+
+
 class _Worker:
     def __init__(self, ctx: Any, nice: int) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
@@ -229,9 +237,13 @@ class OptimizerPool:
         job_id = next(self._ids)
         started = time.monotonic()
         try:
-            worker.conn.send((job_id, op, payload))
-            remaining = max(0.0, deadline - time.monotonic())
-            ready = await asyncio.to_thread(worker.conn.poll, remaining)
+            message = (job_id, op, payload)
+            if _size_hint(payload) > 256 * 1024:
+                # pickling and writing a large problem (hundreds of assets × years) off the event loop
+                await asyncio.to_thread(worker.conn.send, message)
+            else:
+                worker.conn.send(message)
+            ready = await self._readable(worker, max(0.0, deadline - time.monotonic()))
             if not ready:
                 self.stats["timeouts"] += 1
                 log.warning("optimizer job timed out; recycling its worker",
@@ -269,6 +281,24 @@ class OptimizerPool:
         self.stats["crashes"] += 1
         log.error("optimizer job failed", extra={"op": op, "error": body})
         raise WorkerCrashed(body)
+
+    @staticmethod
+    async def _readable(worker: _Worker, timeout: float) -> bool:
+        """Wait until the worker's answer starts to arrive: the event loop watches the pipe itself."""
+        if worker.conn.poll(0):
+            return True
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = worker.conn.fileno()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+            os.set_blocking(fd, True)  # uvloop leaves a watched descriptor non-blocking
 
     # --- status ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Riskfolio never runs here (see pool.py); this module only does I/O, validation a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import statistics
@@ -139,15 +140,18 @@ def _inline_universe(req: OptimizeRequest) -> Universe:
     for s, values in zip(symbols, series):
         if len(values) != len(dates):
             raise _fail(f"{s} has {len(values)} returns but dates has {len(dates)}", f"returns.{s}")
-        for i, v in enumerate(values):
-            if v is None or not math.isfinite(v):
-                raise _fail(f"return {i} of {s} is missing or not a number", f"returns.{s}[{i}]")
-            if v <= -1.0:
-                raise _fail(f"return {i} of {s} is {v}: a simple return cannot be -100 % or less",
-                            f"returns.{s}[{i}]")
     if len(dates) > MAX_OBSERVATIONS:
         raise _fail(f"at most {MAX_OBSERVATIONS} returns per symbol", "returns")
-    matrix = np.array(series, dtype=float).T
+    # column by column: each conversion is short, so the GIL passes back to the event loop in between
+    matrix = np.empty((len(dates), len(symbols)))
+    for j, values in enumerate(series):
+        matrix[:, j] = np.array(values, dtype=float)  # null → NaN
+    bad = ~np.isfinite(matrix) | (matrix <= -1.0)
+    if bad.any():
+        i, j = (int(x) for x in np.argwhere(bad)[0])
+        s, v = symbols[j], matrix[i, j]
+        why = "is missing or not a number" if not math.isfinite(v) else f"is {v}: a simple return cannot be -100 % or less"
+        raise _fail(f"return {i} of {s} {why}", f"returns.{s}[{i}]")
     return Universe(symbols=symbols, returns=matrix, dates=list(dates), periods_per_year=_periods_per_year(dates),
                     source="inline")
 
@@ -207,7 +211,9 @@ async def build_universe(ctx: AppContext, user_id: uuid.UUID, req: OptimizeReque
         raise _fail("give exactly one universe: symbols, portfolio_id or returns"
                     + (f" (got {', '.join(given)})" if given else ""), field_prefix + (given[-1] if given else "symbols"))
     if req.returns is not None:
-        uni = _inline_universe(req)
+        # hundreds of thousands of floats to check and copy: in a thread, so the event loop keeps turning
+        uni = await asyncio.to_thread(_inline_universe, req) if len(req.returns) * len(req.dates or ()) > 20_000 \
+            else _inline_universe(req)
     elif req.symbols is not None:
         symbols = _normalize(req.symbols, field_prefix + "symbols")
         uni = await _db_universe(ctx, symbols, req, "symbols", field_prefix + "symbols")

@@ -86,3 +86,24 @@ def test_the_api_process_never_imports_riskfolio() -> None:
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stderr
     assert "pong" in out.stdout
+
+
+def test_pool_under_uvloop() -> None:
+    """uvicorn runs uvloop, which leaves a watched pipe non-blocking: jobs after the first must work."""
+    code = ("import asyncio, uvloop, numpy as np\n"
+            "from app.optimizer.pool import OptimizerPool\n"
+            "from app.optimizer.problem import Problem\n"
+            "async def main():\n"
+            "    p = OptimizerPool(1, 20.0); p.start(); await p.wait_ready(180)\n"
+            "    big = Problem(symbols=['X'] * 300, returns=np.zeros((1000, 300)))  # 2.4 MB: fills the pipe\n"
+            "    for i in range(4):\n"
+            "        assert await p.run('sleep', 0.05) == {'slept': 0.05}\n"
+            "        assert await p.run('ping', big) == {'pong': True}\n"
+            "    assert p.status()['crashes'] == 0\n"
+            "    await p.stop(); print('ok')\n"
+            "if __name__ == '__main__':\n"
+            "    uvloop.run(main())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
