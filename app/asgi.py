@@ -30,6 +30,8 @@ log = logging.getLogger("app")
 #   `plugins(settings) -> list`, `middleware(settings) -> list`, `dependencies() -> dict`.
 DOMAIN_MODULES: list[str] = [
     "app.system.health",
+    "app.auth",
+    "app.market",
     "app.optimizer",
 ]
 
