@@ -21,6 +21,7 @@ import numpy as np
 
 from app.config import Settings
 from app.context import AppContext
+from app.db import sql_file
 from app.errors import AppError, ServiceUnavailable, Unprocessable
 from app.optimizer.pool import OptimizerBusy, OptimizerPool, OptimizerTimeout, WorkerCrashed
 from app.optimizer.problem import Problem, SolveError, View
@@ -86,6 +87,7 @@ class Universe(msgspec.Struct):
     periods_per_year: int
     source: str  # "symbols" | "portfolio" | "inline"
     current_weights: dict[str, float] | None = None  # a portfolio's market-value weights
+    warnings: list[str] = msgspec.field(default_factory=list)
 
 
 def _fail(detail: str, field: str, **extra: Any) -> Unprocessable:
@@ -169,9 +171,11 @@ async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest
     if req.lookback < needed:
         raise _fail(f"lookback {req.lookback} is too short: {len(symbols)} assets with the {req.covariance} "
                     f"covariance need at least {needed} daily returns", "lookback", needed=needed)
-    # calendar days that hold `lookback` trading days, with room for holidays
-    start = datetime.now(timezone.utc).date() - timedelta(days=int(req.lookback * 366 / 250) + 14)
-    closes = await daily_closes(ctx.db, symbols, start)
+    # the window ends at the newest bar and spans the calendar days that hold `lookback` trading days
+    latest = await ctx.db.fetchval(sql_file("optimizer")["latest_daily_bar"], symbols)
+    end = latest.astimezone(timezone.utc).date() if latest else datetime.now(timezone.utc).date()
+    start = end - timedelta(days=int(req.lookback * 366 / 250) + 14)
+    closes = await daily_closes(ctx.db, symbols, start, end)
     by_symbol: dict[str, dict[date, Decimal]] = {s: dict(closes.get(s, [])) for s in symbols}
     common = sorted(set.intersection(*(set(v) for v in by_symbol.values()))) if by_symbol else []
     common = common[-(req.lookback + 1):]
@@ -186,7 +190,14 @@ async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest
     if (prices <= 0).any():
         raise _fail("a stored close is not positive; cannot compute returns", field)
     returns = prices[1:] / prices[:-1] - 1.0
-    return Universe(symbols=symbols, returns=returns, dates=common[1:], periods_per_year=252, source=source)
+    warnings: list[str] = []
+    if available < req.lookback:
+        first = {s: min(v) for s, v in by_symbol.items()}
+        latest_start = max(symbols, key=lambda s: first[s])
+        warnings.append(f"only {available} common daily returns of the {req.lookback} asked for "
+                        f"({latest_start} starts {first[latest_start]})")
+    return Universe(symbols=symbols, returns=returns, dates=common[1:], periods_per_year=252, source=source,
+                    warnings=warnings)
 
 
 async def _portfolio_weights(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Any, dict[str, float]]:
@@ -345,6 +356,7 @@ async def optimize(ctx: AppContext, user_id: uuid.UUID, req: OptimizeRequest, *,
     problem = build_problem(req, uni, ctx.settings, field_prefix=field_prefix)
     result = await service(ctx).run("optimize", problem)
     result["universe"] = _universe_info(uni)
+    result["warnings"] = uni.warnings + result.get("warnings", [])
     result["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
     return result
 
@@ -355,6 +367,7 @@ async def frontier(ctx: AppContext, user_id: uuid.UUID, req: FrontierRequest) ->
     problem = build_problem(req, uni, ctx.settings)
     result = await service(ctx).run("frontier", (problem, req.points))
     result["universe"] = _universe_info(uni)
+    result["warnings"] = uni.warnings + result.get("warnings", [])
     result["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
     return result
 

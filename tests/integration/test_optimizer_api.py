@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +189,54 @@ async def test_time_limit_gives_504_and_the_pool_recovers(test_env: dict[str, st
         await svc.pool.wait_ready(180)
         r = await c.post("/api/optimizer/optimize", headers=u.headers, json={"returns": small, "dates": small_dates})
         assert r.status_code == 200, r.text
+
+
+# --- the `symbols` universe: history from our database (the bundled daily closes) ------------------------
+BUNDLED = Path(__file__).resolve().parents[2] / "app" / "market" / "data" / "stock_prices.csv"
+
+
+def bundled_returns(symbols: list[str], lookback: int) -> np.ndarray:
+    """Independent of our code: the CSV the market domain loads, read with the csv module."""
+    with BUNDLED.open() as f:
+        rows = list(csv.DictReader(f))
+    rows = [r for r in rows if all(r[s] for s in symbols)]
+    closes = np.array([[round(float(r[s]), 6) for s in symbols] for r in rows[-(lookback + 1):]])
+    return closes[1:] / closes[:-1] - 1
+
+
+async def test_symbols_universe_matches_pypfopt_on_the_bundled_history(client: AsyncTestClient,
+                                                                      user: TestUser) -> None:
+    symbols = ["AAPL", "JPM", "WMT", "XOM", "PFE"]
+    r = await client.post("/api/optimizer/optimize", headers=user.headers,
+                          json={"symbols": [s.lower() for s in symbols], "lookback": 500, "objective": "min_risk"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["universe"]["source"] == "symbols" and body["universe"]["observations"] == 500
+    assert body["universe"]["end"] == "2024-11-29"
+    R = bundled_returns(symbols, 500)
+    theirs = EfficientFrontier(R.mean(axis=0), np.cov(R.T), weight_bounds=(0, 1)).min_volatility()
+    assert max(abs(body["weights"][s] - theirs[i]) for i, s in enumerate(symbols)) < 1e-4
+
+
+async def test_symbols_universe_errors(client: AsyncTestClient, user: TestUser) -> None:
+    post = lambda body: client.post("/api/optimizer/optimize", headers=user.headers, json=body)  # noqa: E731
+    r = await post({"symbols": ["AAPL", "NOSUCH", "MSFT0"]})
+    assert r.status_code == 422 and field_of(r) == "symbols"
+    assert "NOSUCH" in r.json()["detail"] and r.json()["unknown"] == ["NOSUCH", "MSFT0"]
+
+    r = await post({"symbols": ["AAPL", "JPM"], "lookback": 30})
+    assert r.status_code == 422 and field_of(r) == "lookback" and r.json()["needed"] == 60
+
+    r = await post({"symbols": ["AAPL", "META"], "lookback": 20_000})  # META's history is shorter
+    assert r.status_code == 200, r.text
+    assert any("META" in w for w in r.json()["warnings"])
+
+
+async def test_frontier_from_symbols(client: AsyncTestClient, user: TestUser) -> None:
+    r = await client.post("/api/optimizer/frontier", headers=user.headers, json={
+        "symbols": ["AAPL", "JPM", "WMT", "XOM"], "points": 5, "covariance": "ledoit_wolf",
+        "constraints": {"max_weight": 0.5}})
+    assert r.status_code == 200, r.text
+    pts = r.json()["points"]
+    assert len(pts) == 5
+    assert all(max(p["weights"].values()) <= 0.5 + 1e-7 for p in pts)
