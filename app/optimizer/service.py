@@ -33,6 +33,7 @@ log = logging.getLogger("app.optimizer")
 MIN_OBSERVATIONS = 60  # returns needed at the least, whatever the model
 MAX_ASSETS = 500
 MAX_OBSERVATIONS = 20_000
+MAX_PERIOD_RETURN = 10.0  # +1000 % in one period: beyond it the input is surely not simple returns
 
 
 # --- the long-running part ---------------------------------------------------------------------------
@@ -148,11 +149,16 @@ def _inline_universe(req: OptimizeRequest) -> Universe:
     matrix = np.empty((len(dates), len(symbols)))
     for j, values in enumerate(series):
         matrix[:, j] = np.array(values, dtype=float)  # null → NaN
-    bad = ~np.isfinite(matrix) | (matrix <= -1.0)
+    bad = ~np.isfinite(matrix) | (matrix <= -1.0) | (matrix > MAX_PERIOD_RETURN)
     if bad.any():
         i, j = (int(x) for x in np.argwhere(bad)[0])
         s, v = symbols[j], matrix[i, j]
-        why = "is missing or not a number" if not math.isfinite(v) else f"is {v}: a simple return cannot be -100 % or less"
+        if not math.isfinite(v):
+            why = "is missing or not a number"
+        elif v <= -1.0:
+            why = f"is {v}: a simple return cannot be -100 % or less"
+        else:
+            why = f"is {v}: more than {MAX_PERIOD_RETURN:g} (×{MAX_PERIOD_RETURN + 1:g}) in one period; send simple returns, not prices or percentages"
         raise _fail(f"return {i} of {s} {why}", f"returns.{s}[{i}]")
     return Universe(symbols=symbols, returns=matrix, dates=list(dates), periods_per_year=_periods_per_year(dates),
                     source="inline")
@@ -227,6 +233,8 @@ async def build_universe(ctx: AppContext, user_id: uuid.UUID, req: OptimizeReque
             else _inline_universe(req)
     elif req.symbols is not None:
         symbols = _normalize(req.symbols, field_prefix + "symbols")
+        if not 2 <= len(symbols) <= MAX_ASSETS:
+            raise _fail(f"between 2 and {MAX_ASSETS} symbols are needed", field_prefix + "symbols")
         uni = await _db_universe(ctx, symbols, req, "symbols", field_prefix + "symbols")
     else:
         assert req.portfolio_id is not None

@@ -394,20 +394,29 @@ def _hrp(p: Problem) -> dict[str, Any]:
 
 def optimize(p: Problem) -> dict[str, Any]:
     started = time.perf_counter()
-    if p.model in ("mean_variance", "black_litterman"):
-        out = _mean_variance(p)
-    elif p.model == "risk_parity":
-        out = _risk_parity(p)
-    elif p.model == "hrp":
-        out = _hrp(p)
-    else:
-        raise SolveError(f"unknown model {p.model!r}", "model", 422)
+    try:
+        if p.model in ("mean_variance", "black_litterman"):
+            out = _mean_variance(p)
+        elif p.model == "risk_parity":
+            out = _risk_parity(p)
+        elif p.model == "hrp":
+            out = _hrp(p)
+        else:
+            raise SolveError(f"unknown model {p.model!r}", "model", 422)
+    except np.linalg.LinAlgError as exc:
+        raise _degenerate(p, exc) from None
     out["model"] = p.model
     out["objective"] = p.objective if p.model in ("mean_variance", "black_litterman") else None
     out["risk_measure"] = p.risk_measure
     out["observations"] = int(np.asarray(p.returns).shape[0])
     out["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
     return out
+
+
+def _degenerate(p: Problem, exc: Exception) -> SolveError:
+    where = "views" if p.model == "black_litterman" and p.views else None
+    return SolveError(f"the inputs are numerically degenerate ({exc}): e.g. assets that move identically"
+                      + (" or a view between them" if where else ""), where, 422)
 
 
 def frontier(p: Problem, points: int) -> dict[str, Any]:
@@ -421,8 +430,11 @@ def frontier(p: Problem, points: int) -> dict[str, Any]:
     if p.target_return is not None:
         warnings_.append("target_return is ignored: the frontier sweeps the target return itself")
     base = Problem(**{**p.__dict__, "target_return": None})
-    low = _mean_variance(Problem(**{**base.__dict__, "objective": "min_risk"}), contributions=False)
-    high = _mean_variance(Problem(**{**base.__dict__, "objective": "max_return"}), contributions=False)
+    try:
+        low = _mean_variance(Problem(**{**base.__dict__, "objective": "min_risk"}), contributions=False)
+        high = _mean_variance(Problem(**{**base.__dict__, "objective": "max_return"}), contributions=False)
+    except np.linalg.LinAlgError as exc:
+        raise _degenerate(p, exc) from None
     r_lo, r_hi = low["expected_return"], high["expected_return"]
     out_points = [low]
     if points > 2 and r_hi - r_lo > 1e-9:

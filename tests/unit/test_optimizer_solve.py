@@ -215,3 +215,15 @@ def test_frontier_runs_from_min_risk_to_max_return() -> None:
     assert rets[-1] == pytest.approx(R.mean(axis=0).max() * P, rel=1e-6)  # all in the best asset
     for p in pts:
         assert sum(p["weights"].values()) == pytest.approx(1.0)
+
+
+def test_view_between_identical_assets_is_a_422_not_a_crash() -> None:
+    symbols, R = synthetic(21, n=4)
+    R = np.column_stack([R, R[:, 0]])  # S04 moves exactly like S00
+    try:
+        out = solve.optimize(Problem(symbols=symbols + ["S04"], returns=R, model="black_litterman",
+                                     covariance="ledoit_wolf", views=[View("S00", 0.02, versus="S04")]))
+    except SolveError as exc:
+        assert exc.status == 422
+    else:  # Riskfolio may regularise its way through; then the answer must still be a portfolio
+        assert sum(out["weights"].values()) == pytest.approx(1.0)
