@@ -56,7 +56,8 @@ async def name_non_finite_numbers(request: Request[Any, Any, Any]) -> None:
     """JSON has no NaN or Infinity, but Python's json.dumps writes them. Instead of a bare "malformed
     JSON" 400, say which field holds one. A byte scan first: bodies without them cost nothing more."""
     body = await request.body()
-    if b"NaN" not in body and b"Infinity" not in body:
+    # single-byte checks are a memchr (~0.1 ms per MB); the substring searches only run when needed
+    if not ((b"N" in body and b"NaN" in body) or (b"I" in body and b"Infinity" in body)):
         return
     try:
         parsed = json.loads(body, parse_constant=lambda _: _NotANumber())

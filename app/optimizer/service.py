@@ -166,7 +166,7 @@ def _inline_universe(req: OptimizeRequest) -> Universe:
 
 async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest, source: str,
                        field: str) -> Universe:
-    from app.market.prices import daily_closes, known_symbols  # noqa: PLC0415 — the market domain
+    from app.market.prices import known_symbols  # noqa: PLC0415 — the market domain
 
     known = await known_symbols(ctx.db, symbols)
     unknown = [s for s in symbols if s not in known]
@@ -181,8 +181,12 @@ async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest
     latest = await ctx.db.fetchval(sql_file("optimizer")["latest_daily_bar"], symbols)
     end = latest.astimezone(timezone.utc).date() if latest else datetime.now(timezone.utc).date()
     start = end - timedelta(days=int(req.lookback * 366 / 250) + 14)
-    closes = await daily_closes(ctx.db, symbols, start, end)
-    by_symbol: dict[str, dict[date, Decimal]] = {s: dict(closes.get(s, [])) for s in symbols}
+    rows = await ctx.db.fetch(sql_file("optimizer")["daily_closes"], symbols,
+                              datetime(start.year, start.month, start.day, tzinfo=timezone.utc),
+                              datetime(end.year, end.month, end.day, tzinfo=timezone.utc) + timedelta(days=1))
+    by_symbol: dict[str, dict[date, float]] = {s: {} for s in symbols}
+    for symbol, day, close in rows:
+        by_symbol[symbol][day] = close
     common = sorted(set.intersection(*(set(v) for v in by_symbol.values()))) if by_symbol else []
     common = common[-(req.lookback + 1):]
     available = max(len(common) - 1, 0)
@@ -192,7 +196,7 @@ async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest
         detail = ", ".join(f"{s} since {first[s]}" if first[s] else f"{s} has none" for s in shortest)
         raise _fail(f"too little history: {available} common daily returns over the lookback, at least {needed} "
                     f"are needed ({detail})", field, needed=needed, available=available)
-    prices = np.array([[float(by_symbol[s][d]) for s in symbols] for d in common], dtype=float)
+    prices = np.array([[by_symbol[s][d] for s in symbols] for d in common], dtype=float)
     if (prices <= 0).any():
         raise _fail("a stored close is not positive; cannot compute returns", field)
     returns = prices[1:] / prices[:-1] - 1.0

@@ -28,6 +28,7 @@ import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 # one BLAS thread, as in the optimizer's workers: set before numpy is imported, here and in the
 # spawned child that makes the direct calls (it re-imports this module first)
@@ -78,13 +79,17 @@ def _direct_child(conn, nice: int, rf: float) -> None:
     warnings.simplefilter("ignore")
     frames = {}
     while True:
-        n = conn.recv()
-        if n is None:
+        message = conn.recv()
+        if message is None:
             return
-        if n not in frames:
-            frames[n] = pd.DataFrame(synthetic_returns(n), columns=[f"X{i:03d}" for i in range(n)])
+        key, matrix = message
+        if key not in frames:
+            if matrix is None:
+                frames[key] = pd.DataFrame(synthetic_returns(key), columns=[f"X{i:03d}" for i in range(key)])
+            else:
+                frames[key] = pd.DataFrame(matrix, columns=[f"C{i:03d}" for i in range(matrix.shape[1])])
         t0 = time.perf_counter()
-        port = rp.Portfolio(returns=frames[n])
+        port = rp.Portfolio(returns=frames[key])
         port.solvers = ["CLARABEL"]
         port.assets_stats(method_mu="hist", method_cov="hist")
         with contextlib.redirect_stdout(io.StringIO()):
@@ -99,13 +104,60 @@ class Direct:
         self.proc = ctx.Process(target=_direct_child, args=(child, nice, rf), daemon=True)
         self.proc.start()
 
-    def run(self, n: int) -> tuple[float, np.ndarray]:
-        self.conn.send(n)
+    def run(self, key: Any, matrix: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        self.conn.send((key, matrix))
         return self.conn.recv()
 
     def close(self) -> None:
         self.conn.send(None)
         self.proc.join(10)
+
+
+def bundled_matrix(symbols: list[str], end: str, t: int = T) -> np.ndarray:
+    """The bundled closes (the CSVs the market domain loads, rounded to 6 places like it does) as
+    t daily returns ending at `end`, for the direct call on the same data as the `symbols` path."""
+    import csv
+
+    data = ROOT / "app" / "market" / "data"
+    table: dict[str, dict[str, float]] = {}
+    for name in ("stock_prices.csv", "spy_prices.csv"):
+        with (data / name).open() as f:
+            for row in csv.DictReader(f):
+                day = row.pop("date")
+                for sym, cell in row.items():
+                    if cell:
+                        table.setdefault(day, {})[sym] = round(float(cell), 6)
+    days = [d for d in sorted(table) if d <= end and all(s in table[d] for s in symbols)][-(t + 1):]
+    closes = np.array([[table[d][s] for s in symbols] for d in days])
+    return closes[1:] / closes[:-1] - 1
+
+
+async def compare_symbols(client: httpx.AsyncClient, headers: dict, direct: Direct, repeats: int,
+                          rf: float) -> dict:
+    """20 bundled symbols through the `symbols` path (history read from the database)."""
+    symbols = ["AAPL", "AMD", "AMZN", "BABA", "BAC", "BBY", "GE", "GM", "GOOG", "JPM", "MA", "META", "PFE",
+               "RRC", "SBUX", "SPY", "T", "UAA", "WMT", "XOM"]
+    body = {"symbols": symbols, "objective": "max_sharpe", "risk_free_rate": rf, "lookback": T}
+    rec: dict[str, Any] = {"direct": [], "api": [], "server": [], "worker": []}
+    matrix = None
+    for k in range(repeats * 3 + 1):
+        t0 = time.perf_counter()
+        r = await client.post("/api/optimizer/optimize", json=body, headers=headers)
+        a_ms = (time.perf_counter() - t0) * 1000
+        assert r.status_code == 200, r.text
+        js = r.json()
+        if matrix is None:
+            matrix = bundled_matrix(js["universe"]["symbols"], js["universe"]["end"])
+        d_ms, d_w = await asyncio.to_thread(direct.run, "bundled", matrix)
+        if k:
+            rec["direct"].append(d_ms)
+            rec["api"].append(a_ms)
+            rec["server"].append(js["total_ms"])
+            rec["worker"].append(js["elapsed_ms"])
+    a_w = np.array([js["weights"][s] for s in js["universe"]["symbols"]])
+    rec["max_dw"] = float(np.abs(a_w - d_w).max())
+    rec["body_mb"] = len(json.dumps(body)) / 1e6
+    return rec
 
 
 # --- through the API ---------------------------------------------------------------------------------
@@ -208,12 +260,13 @@ async def run(args: argparse.Namespace) -> None:
             direct = Direct(args.nice, args.rf)
             try:
                 res = await compare(client, headers, direct, args.repeats, args.rf)
+                res["20 db"] = await compare_symbols(client, headers, direct, args.repeats, args.rf)
             finally:
                 direct.close()
             print("max-Sharpe (ms): median of the rounds, and the best round (less sensitive to other load)")
             print(f"{'assets':>6} {'direct':>8} {'api':>8} {'overhead':>9} | {'best d':>7} {'best api':>8} "
                   f"{'overhead':>9} | {'server':>7} {'worker':>7} {'body MB':>7} {'max |Δw|':>8}")
-            for n in SIZES:
+            for n in [*SIZES, "20 db"]:
                 rec = res[n]
                 d, a = statistics.median(rec["direct"]), statistics.median(rec["api"])
                 bd, ba = min(rec["direct"]), min(rec["api"])
@@ -225,7 +278,8 @@ async def run(args: argparse.Namespace) -> None:
             print("  (same niceness, one BLAS thread), alternating with the API calls;")
             print("  api = client-side wall time of POST /api/optimizer/optimize (HTTP, JSON, validation,")
             print("  pool hand-off, the solve, risk contributions, response); server = inside the handler;")
-            print("  worker = inside the worker.\n")
+            print("  worker = inside the worker. '20 db': the 20 bundled symbols by `symbols` (closes read from")
+            print("  the database each time), direct call on the same returns.\n")
 
             live = await liveness_under_load(client, headers)
             print(f"GET /health/live during {len(live['statuses'])} concurrent 300-asset max-Sharpe optimizations "
