@@ -80,6 +80,34 @@ def service(ctx: AppContext) -> OptimizerService:
     return svc
 
 
+class _ClosesMemo:
+    """Recently read closes, for repeated optimizations of one universe (objectives, frontier,
+    constraints tried in turn). Keyed by the window and the newest bar's timestamp, so a new day's bar
+    is seen at once; entries live CLOSES_TTL seconds, so updates to today's bar are seen soon; at most
+    CLOSES_MAX_ROWS rows are kept (least recently used dropped first)."""
+
+    def __init__(self, ttl: float, max_rows: int) -> None:
+        self.ttl, self.max_rows = ttl, max_rows
+        self._items: dict[Any, tuple[float, int, dict[str, dict[date, float]]]] = {}
+
+    def get(self, key: Any) -> dict[str, dict[date, float]] | None:
+        item = self._items.pop(key, None)
+        if item is None or item[0] < time.monotonic():
+            return None
+        self._items[key] = item  # most recently used last
+        return item[2]
+
+    def put(self, key: Any, value: dict[str, dict[date, float]], rows: int) -> None:
+        self._items[key] = (time.monotonic() + self.ttl, rows, value)
+        while sum(r for _, r, _ in self._items.values()) > self.max_rows and len(self._items) > 1:
+            self._items.pop(next(iter(self._items)))
+
+
+CLOSES_TTL = 60.0
+CLOSES_MAX_ROWS = 400_000  # closes kept in all (~50 MB of dict entries at most)
+_CLOSES = _ClosesMemo(CLOSES_TTL, CLOSES_MAX_ROWS)
+
+
 # --- universe and history ----------------------------------------------------------------------------
 class Universe(msgspec.Struct):
     symbols: list[str]
@@ -181,12 +209,16 @@ async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest
     latest = await ctx.db.fetchval(sql_file("optimizer")["latest_daily_bar"], symbols)
     end = latest.astimezone(timezone.utc).date() if latest else datetime.now(timezone.utc).date()
     start = end - timedelta(days=int(req.lookback * 366 / 250) + 14)
-    rows = await ctx.db.fetch(sql_file("optimizer")["daily_closes"], symbols,
-                              datetime(start.year, start.month, start.day, tzinfo=timezone.utc),
-                              datetime(end.year, end.month, end.day, tzinfo=timezone.utc) + timedelta(days=1))
-    by_symbol: dict[str, dict[date, float]] = {s: {} for s in symbols}
-    for symbol, day, close in rows:
-        by_symbol[symbol][day] = close
+    key = (tuple(symbols), start, end, latest)
+    by_symbol = _CLOSES.get(key)
+    if by_symbol is None:
+        rows = await ctx.db.fetch(sql_file("optimizer")["daily_closes"], symbols,
+                                  datetime(start.year, start.month, start.day, tzinfo=timezone.utc),
+                                  datetime(end.year, end.month, end.day, tzinfo=timezone.utc) + timedelta(days=1))
+        by_symbol = {s: {} for s in symbols}
+        for symbol, day, close in rows:
+            by_symbol[symbol][day] = close
+        _CLOSES.put(key, by_symbol, len(rows))
     common = sorted(set.intersection(*(set(v) for v in by_symbol.values()))) if by_symbol else []
     common = common[-(req.lookback + 1):]
     available = max(len(common) - 1, 0)
