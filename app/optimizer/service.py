@@ -128,11 +128,12 @@ def _normalize(symbols: list[str], field: str, *, upper: bool = True) -> list[st
     seen: dict[str, int] = {}
     for i, raw in enumerate(symbols):
         s = raw.strip().upper() if upper else raw.strip()
+        where = f"{field}[{i}]" if upper else f"{field}.{raw}"
         if not s:
-            raise _fail("empty symbol", f"{field}[{i}]")
-        if s in seen:
-            raise _fail(f"duplicate symbol {s} (also at index {seen[s]})", f"{field}[{i}]")
-        seen[s] = i
+            raise _fail("empty symbol", where)
+        if s.upper() in seen:  # AAPL and aapl are one symbol, also among inline returns
+            raise _fail(f"duplicate symbol {s} (also at index {seen[s.upper()]})", where)
+        seen[s.upper()] = i
         out.append(s)
     return out
 

@@ -103,6 +103,9 @@ async def test_validation_names_the_field(client: AsyncTestClient, user: TestUse
     r = await post({"returns": {**returns, "A0": [150.0] + returns["A0"][1:]}, "dates": dates})  # a price
     assert r.status_code == 422 and field_of(r) == "returns.A0[0]" and "simple returns" in r.json()["detail"]
 
+    r = await post({"returns": {**returns, "a1": returns["A1"]}, "dates": dates})
+    assert r.status_code == 422 and field_of(r) == "returns.a1" and "duplicate" in r.json()["detail"]
+
     r = await post({"symbols": ["AAPL"]})
     assert r.status_code == 422 and field_of(r) == "symbols"
 
