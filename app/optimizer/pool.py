@@ -1,7 +1,8 @@
 """A warm pool of optimizer worker processes.
 
-Each worker is a spawned process that imports Riskfolio-Lib once (`solve.py`), lowers its own CPU
-priority (nice) and limits BLAS to one thread, then answers jobs over its own pipe. The API process
+Each worker is a fresh Python process (started like multiprocessing's spawn, without re-importing
+the parent's __main__) that imports Riskfolio-Lib once (`solve.py`), lowers its own CPU priority
+(nice) and limits BLAS to one thread, then answers jobs over its own socket. The API process
 never imports Riskfolio. A job gets a time limit: a worker that outlives it is killed and replaced
 (the other workers and their jobs are untouched), and the caller gets `OptimizerTimeout`.
 
@@ -15,8 +16,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import multiprocessing as mp
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections import deque
 from multiprocessing.connection import Connection
@@ -48,10 +51,11 @@ def _worker_main(conn: Connection, nice: int) -> None:
         with contextlib.suppress(OSError):
             os.nice(nice)
     started = time.perf_counter()
+    preloaded = "numpy" in sys.modules  # must be False: BLAS reads its thread count at import
     from app.optimizer import solve  # noqa: PLC0415 — the whole point: imported here, once
     from app.optimizer.problem import SolveError  # noqa: PLC0415
 
-    conn.send(("ready", os.getpid(), round((time.perf_counter() - started) * 1000, 1)))
+    conn.send(("ready", os.getpid(), round((time.perf_counter() - started) * 1000, 1), preloaded))
     while True:
         try:
             message = conn.recv()
@@ -82,24 +86,42 @@ def _size_hint(payload: Any) -> int:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, nice: int) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, nice), daemon=True,
-                                   name="optimizer-worker")
-        self.process.start()
-        child.close()
+    """One worker: a fresh `python -c …` process (spawned, nothing inherited but the socket), joined
+    to us by a socket pair speaking multiprocessing's Connection protocol. Unlike multiprocessing's
+    spawn it never re-imports the parent's __main__, so it works whatever script started the app."""
+
+    def __init__(self, nice: int) -> None:
+        parent, child = socket.socketpair()
+        bootstrap = (f"import sys; sys.path[:0] = {[p for p in sys.path if p]!r}; "
+                     "from app.optimizer.pool import _worker_entry; _worker_entry()")
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", bootstrap, str(child.fileno()), str(nice)],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
         self.pid = self.process.pid
         self.started = time.monotonic()
         self.jobs = 0
         self.import_ms: float | None = None
 
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
     def kill(self) -> None:
         with contextlib.suppress(Exception):
             self.process.kill()
-        with contextlib.suppress(Exception):
-            self.process.join(timeout=2)
+        self.join(2)
         with contextlib.suppress(Exception):
             self.conn.close()
+
+
+def _worker_entry() -> None:
+    """`python -c` entry point of a worker process: argv = [fd, nice]."""
+    conn = Connection(int(sys.argv[1]))
+    _worker_main(conn, int(sys.argv[2]))
 
 
 class OptimizerPool:
@@ -111,7 +133,6 @@ class OptimizerPool:
         self.timeout = timeout
         self.nice = nice
         self.max_queue = max_queue if max_queue is not None else 8 * workers
-        self._ctx = mp.get_context("spawn")
         self._idle: deque[_Worker] = deque()
         self._all: set[_Worker] = set()
         self._waiters: deque[asyncio.Future[_Worker]] = deque()
@@ -120,6 +141,7 @@ class OptimizerPool:
         self._closed = False
         self._started_at: float | None = None
         self._start_failures = 0
+        self._preloaded = 0
         self.last_error: str | None = None
         self.stats = {"jobs": 0, "ok": 0, "errors": 0, "timeouts": 0, "crashes": 0, "recycled": 0,
                       "busy_rejections": 0, "total_ms": 0.0, "max_ms": 0.0}
@@ -143,7 +165,7 @@ class OptimizerPool:
             await asyncio.sleep(min(60.0, 2.0 ** (self._start_failures - 1)))
         worker: _Worker | None = None
         try:
-            worker = await asyncio.to_thread(_Worker, self._ctx, self.nice)
+            worker = await asyncio.to_thread(_Worker, self.nice)
             self._all.add(worker)
             ready = await asyncio.to_thread(self._await_ready, worker)
         except Exception as exc:
@@ -158,6 +180,9 @@ class OptimizerPool:
             return
         self._start_failures = 0
         worker.import_ms = ready[2]
+        if len(ready) > 3 and ready[3]:
+            self._preloaded += 1
+            log.warning("numpy was imported before the worker set its BLAS thread limit", extra={"pid": worker.pid})
         if self._closed:
             self._all.discard(worker)
             worker.kill()
@@ -186,7 +211,7 @@ class OptimizerPool:
                 worker.conn.send(None)
         deadline = time.monotonic() + 2.0
         for worker in list(self._all):
-            await asyncio.to_thread(worker.process.join, max(0.0, deadline - time.monotonic()))
+            await asyncio.to_thread(worker.join, max(0.0, deadline - time.monotonic()))
             worker.kill()
         self._all.clear()
         self._idle.clear()

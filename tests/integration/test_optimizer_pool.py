@@ -107,3 +107,25 @@ def test_pool_under_uvloop() -> None:
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_workers_start_from_a_script_without_a_main_guard(tmp_path) -> None:
+    """multiprocessing's spawn re-imports the parent's __main__; our workers must not need a guard."""
+    script = tmp_path / "unguarded.py"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script.write_text(f"import sys; sys.path.insert(0, {root!r})\n"
+                      "import asyncio\n"
+                      "from app.optimizer.pool import OptimizerPool\n"
+                      "async def main():\n"
+                      "    p = OptimizerPool(1, 20.0); p.start(); await p.wait_ready(60)\n"
+                      "    print(await p.run('ping', None)); await p.stop()\n"
+                      "asyncio.run(main())\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{'pong': True}"
+
+
+async def test_workers_limit_blas_threads_before_numpy_loads(pool: OptimizerPool) -> None:
+    # the ready message says whether numpy was already imported when the thread limits were set
+    assert all(w.import_ms is not None for w in pool._all)
+    assert pool._preloaded == 0
