@@ -230,6 +230,8 @@ class OptimizerPool:
             raise OptimizerBusy("the optimizer is shutting down")
         if self._idle:
             return self._idle.popleft()
+        if self.ready_workers == 0 and self._start_failures > 0:
+            raise OptimizerBusy(f"the optimizer workers are not starting ({self.last_error})")
         if len(self._waiters) >= self.max_queue:
             self.stats["busy_rejections"] += 1
             raise OptimizerBusy(f"{len(self._waiters)} optimizations are already waiting for a worker")

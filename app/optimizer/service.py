@@ -59,7 +59,7 @@ class OptimizerService:
             return await self.pool.run(op, payload)
         except SolveError as exc:
             extra = {k: v for k, v in exc.extra.items() if isinstance(v, (str, int, float, bool, type(None)))}
-            title = "Gateway Timeout" if exc.status == 504 else None
+            title = {502: "Bad Gateway", 504: "Gateway Timeout"}.get(exc.status)
             raise AppError(exc.detail, status_code=exc.status, field=exc.field, title=title, **extra) from None
         except OptimizerTimeout as exc:
             raise AppError(f"{exc} (OPTIMIZER_TIMEOUT); try fewer assets, a shorter lookback or the variance "

@@ -129,3 +129,23 @@ async def test_workers_limit_blas_threads_before_numpy_loads(pool: OptimizerPool
     # the ready message says whether numpy was already imported when the thread limits were set
     assert all(w.import_ms is not None for w in pool._all)
     assert pool._preloaded == 0
+
+
+async def test_workers_that_cannot_start_give_a_quick_503_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.optimizer.pool as pool_module
+
+    monkeypatch.setattr(pool_module.sys, "executable", "/nonexistent/python")
+    p = OptimizerPool(workers=1, timeout=20.0)
+    p.start()
+    try:
+        deadline = time.monotonic() + 10
+        while p.last_error is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert p.last_error and "nonexistent" in p.last_error
+        started = time.monotonic()
+        with pytest.raises(OptimizerBusy, match="not starting"):
+            await p.run("ping", None)
+        assert time.monotonic() - started < 1
+        assert p.status()["ready"] == 0 and p.status()["last_error"]
+    finally:
+        await p.stop()
