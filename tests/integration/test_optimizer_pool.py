@@ -59,6 +59,19 @@ async def test_timeout_recycles_only_the_stuck_worker(pool: OptimizerPool) -> No
     assert (await pool.run("optimize", problem()))["status"] == "optimal"  # the pool still works
 
 
+async def test_a_cancelled_job_does_not_leave_its_answer_for_the_next(pool: OptimizerPool) -> None:
+    recycled = pool.status()["recycled"]
+    task = asyncio.create_task(pool.run("sleep", 1.0))
+    await asyncio.sleep(0.2)
+    task.cancel()  # e.g. the client went away
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.status()["recycled"] == recycled + 1
+    await pool.wait_ready(180)
+    results = await asyncio.gather(*[pool.run("ping", None) for _ in range(4)])
+    assert results == [{"pong": True}] * 4  # nobody receives the stale {"slept": 1.0}
+
+
 async def test_jobs_queue_for_a_worker_and_a_full_queue_is_refused(pool: OptimizerPool) -> None:
     started = time.monotonic()
     jobs = [asyncio.create_task(pool.run("sleep", 0.4)) for _ in range(4)]  # 2 workers → 2 rounds
