@@ -34,6 +34,7 @@ DOMAIN_MODULES: list[str] = [
     "app.market",
     "app.portfolio",
     "app.analytics",
+    "app.optimizer",
 ]
 
 
