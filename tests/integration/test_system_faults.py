@@ -1,0 +1,156 @@
+"""Faults on real processes, each with its own throwaway PostgreSQL cluster or Redis server so the rest
+of the suite is undisturbed: PostgreSQL restarted under load, Redis stopped and restarted."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.support.services import RedisServer, start_cluster
+from tests.support.system import ServeProcess, wait_for
+
+
+class Load:
+    """A few threads requesting the given paths in a loop; counts answers and transport errors."""
+
+    def __init__(self, base_url: str, paths: list[str], headers: dict[str, str] | None = None,
+                 threads: int = 3) -> None:
+        self.base_url = base_url
+        self.paths = paths
+        self.headers = headers or {}
+        self.stop_event = threading.Event()
+        self.results: Counter[tuple[str, int | str]] = Counter()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        deadline = time.monotonic() + 120  # bounded whatever happens
+        with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=5) as client:
+            n = i
+            while not self.stop_event.is_set() and time.monotonic() < deadline:
+                path = self.paths[n % len(self.paths)]
+                n += 1
+                try:
+                    key: tuple[str, int | str] = (path, client.get(path).status_code)
+                except httpx.HTTPError as exc:
+                    key = (path, type(exc).__name__)
+                with self.lock:
+                    self.results[key] += 1
+                time.sleep(0.01)
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(10)
+
+    def count(self, path: str, status: int | str) -> int:
+        with self.lock:
+            return self.results[(path, status)]
+
+
+def _only_structured_logs(proc: ServeProcess) -> None:
+    """Every line the app printed is a JSON log record: nothing crashed past the logging."""
+    for line in proc.logs().splitlines():
+        json.loads(line)
+
+
+def _ready(base_url: str) -> httpx.Response:
+    return httpx.get(f"{base_url}/health/ready", timeout=5)
+
+
+def _status(base_url: str, headers: dict[str, str]) -> dict:
+    r = httpx.get(f"{base_url}/api/system/status", headers=headers, timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture
+def status_headers() -> dict[str, str]:
+    return {}
+
+
+def test_postgresql_restart_under_load(test_env, tmp_path, status_headers):
+    cluster = start_cluster()
+    cluster.create_database("wt_fault")
+    env = {**test_env, "DATABASE_URL": cluster.url("wt_fault"), "DATA_DIR": str(tmp_path),
+           "SYSTEM_SAMPLE_INTERVAL": "0.5"}
+    proc = ServeProcess(env)
+    try:
+        proc.start()
+        base = proc.base_url
+        assert _ready(base).status_code == 200
+        with Load(base, ["/health/live", "/health/ready", "/api/system/status"], status_headers) as load:
+            time.sleep(1.0)
+            cluster.stop("fast")
+            stopped_at = time.monotonic()
+            wait_for(lambda: _ready(base).status_code == 503, 10, what="readiness 503 after PostgreSQL stopped")
+            body = _ready(base).json()
+            assert body["status"] == 503 and "database" in body["detail"]
+            assert body["checks"]["database"]["ok"] is False
+            wait_for(lambda: _status(base, status_headers)["status"] == "down", 10, what="status down")
+            summary = _status(base, status_headers)
+            assert summary["database"]["ok"] is False
+            assert any("database unreachable" in p for p in summary["problems"])
+            assert httpx.get(f"{base}/health/live").status_code == 200
+            time.sleep(max(0.0, 2.0 - (time.monotonic() - stopped_at)))  # stay down a while under load
+
+            cluster.start()
+            took = wait_for(lambda: _ready(base).status_code == 200, 30, what="readiness back to 200")
+            wait_for(lambda: _status(base, status_headers)["status"] == "ok", 10, what="status ok again")
+            assert _status(base, status_headers)["database"]["ok"] is True
+            time.sleep(0.5)
+        assert proc.alive(), proc.logs()[-2000:]
+        # Liveness and the status page never failed; readiness said 200, then 503, then 200 again.
+        assert load.count("/health/live", 200) > 10
+        assert {s for (p, s) in load.results if p == "/health/live"} == {200}, load.results
+        assert {s for (p, s) in load.results if p == "/api/system/status"} == {200}, load.results
+        assert load.count("/health/ready", 503) > 0 and load.count("/health/ready", 200) > 0
+        assert took < 30
+        _only_structured_logs(proc)
+    finally:
+        proc.kill()
+        cluster.destroy()
+
+
+def test_redis_stopped_degrades_clearly_and_recovers(test_env, tmp_path, status_headers):
+    redis = RedisServer()
+    redis.start()
+    env = {**test_env, "REDIS_URL": redis.url, "DATA_DIR": str(tmp_path), "SYSTEM_SAMPLE_INTERVAL": "0.5"}
+    proc = ServeProcess(env)
+    try:
+        proc.start()
+        base = proc.base_url
+        assert _ready(base).status_code == 200
+        assert _status(base, status_headers)["redis"]["ok"] is True
+        with Load(base, ["/health/live", "/api/system/status"], status_headers) as load:
+            redis.stop()
+            wait_for(lambda: _ready(base).status_code == 503, 10, what="readiness 503 after Redis stopped")
+            body = _ready(base).json()
+            assert body["detail"] == "not ready: redis" and body["checks"]["database"]["ok"] is True
+            wait_for(lambda: _status(base, status_headers)["status"] == "degraded", 10, what="status degraded")
+            summary = _status(base, status_headers)
+            assert summary["redis"]["ok"] is False
+            assert any(p.startswith("redis unreachable") for p in summary["problems"])
+            time.sleep(1.0)
+
+            redis.start()  # same port
+            wait_for(lambda: _ready(base).status_code == 200, 20, what="readiness back after Redis returned")
+            wait_for(lambda: _status(base, status_headers)["status"] == "ok", 10, what="status ok again")
+        assert proc.alive(), proc.logs()[-2000:]
+        # Served throughout: what does not need Redis kept working while it was gone.
+        assert {s for (p, s) in load.results if p == "/health/live"} == {200}, load.results
+        assert {s for (p, s) in load.results if p == "/api/system/status"} == {200}, load.results
+        _only_structured_logs(proc)
+    finally:
+        proc.kill()
+        redis.destroy()
