@@ -11,7 +11,9 @@ from collections.abc import Callable
 from app.config import ConfigError, Settings, load_settings
 
 # Modules with `register(subparsers)`; each adds its commands (seed-demo, create-admin, backfill …).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "app.auth.cli",
+]
 
 
 def fail(message: str, code: int = 1) -> None:

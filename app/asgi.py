@@ -31,6 +31,7 @@ log = logging.getLogger("app")
 DOMAIN_MODULES: list[str] = [
     "app.system.health",
     "app.system.routes",  # first lifespan in, last out: the sampler outlives the services it watches
+    "app.auth",
 ]
 
 

@@ -1,0 +1,183 @@
+"""The global authentication (Litestar's JWT backend) and the global per-client rate limit.
+
+Both are installed by `AuthPlugin` for the whole app. Order, outermost first: rate limit → JWT auth
+→ route guards → handler, so that floods of bad tokens are limited too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from litestar.config.app import AppConfig
+from litestar.connection import ASGIConnection
+from litestar.datastructures import MutableScopeHeaders
+from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
+from litestar.plugins import InitPlugin
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from litestar.types import Message, Receive, Scope, Send
+
+from app.auth.models import AuthUser
+from app.auth.tokens import ALGORITHM, REQUIRED_CLAIMS, claims_of, is_revoked, session_state, signing_key, user_for
+from app.config import Settings
+from app.net import client_ip
+
+# Public paths. Every pattern is anchored. Everything under /api/ needs a token except these three;
+# paths outside /api/ (health, OpenAPI schema, /metrics — network-restricted by the system domain —
+# and the /market-feed WebSocket, which authenticates itself with the same token) are public.
+AUTH_EXCLUDE = [
+    r"^/(?!api/).",
+    r"^/api/auth/(register|login|refresh)$",
+]
+RATE_LIMIT_EXCLUDE = [r"^/health/", r"^/metrics$"]
+_SCOPE_STATE_KEY = "wt.auth.session_state"
+
+
+class BearerJWTMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware, insisting on the `Bearer` scheme."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        header = connection.headers.get(self.auth_header)
+        if not header:
+            raise NotAuthorizedException("missing bearer token")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise NotAuthorizedException("expected an Authorization: Bearer <access token> header")
+        return await self.authenticate_token(encoded_token=token, connection=connection)
+
+
+async def retrieve_user_handler(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthUser | None:
+    """The token is already verified (signature, claims); here: its session and user must be live."""
+    user_id, session_id = claims_of(token)
+    state = await session_state(connection.app.state.ctx, session_id)
+    connection.scope[_SCOPE_STATE_KEY] = state  # type: ignore[literal-required]
+    return user_for(state, user_id, session_id)
+
+
+async def revoked_token_handler(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Litestar's revoked-token hook: a token of an ended (logged out, revoked, expired) session."""
+    state = connection.scope.get(_SCOPE_STATE_KEY)  # type: ignore[call-overload]
+    return state is None or is_revoked(state)
+
+
+def build_jwt_auth(settings: Settings) -> JWTAuth[AuthUser, Token]:
+    return JWTAuth[AuthUser, Token](
+        token_secret=signing_key(settings),
+        algorithm=ALGORITHM,
+        retrieve_user_handler=retrieve_user_handler,
+        revoked_token_handler=revoked_token_handler,
+        authentication_middleware_class=BearerJWTMiddleware,
+        accepted_audiences=[settings.jwt_audience],
+        accepted_issuers=[settings.jwt_issuer],
+        require_claims=list(REQUIRED_CLAIMS),
+        strict_audience=True,
+        exclude=AUTH_EXCLUDE,
+        exclude_http_methods=["OPTIONS"],  # CORS preflight only; HEAD is authenticated like GET
+        description="Access token from /api/auth/login, /register or /refresh: `Authorization: Bearer <token>`.",
+    )
+
+
+# --- global per-client rate limit -----------------------------------------------------------------
+
+class CounterRateLimitMiddleware(RateLimitMiddleware):
+    """Litestar's rate-limit middleware with a fixed-window *counter* instead of a timestamp list:
+    one atomic INCR (+ EXPIRE) per request on the configured store (Redis when REDIS_URL is set, so
+    the limit holds across replicas; Litestar's MemoryStore otherwise). Litestar's own implementation
+    reads and rewrites a JSON list of every request time in the window, which is slow at high limits
+    and loses counts between replicas."""
+
+    def __init__(self, app: Any, config: RateLimitConfig) -> None:
+        super().__init__(app, config)
+        self._memory_lock = anyio.Lock()
+
+    async def _incr(self, store: Store, key: str, ttl: int) -> int:
+        if isinstance(store, RedisStore):
+            async with store._redis.pipeline(transaction=True) as pipe:  # noqa: SLF001 - no public incr
+                full = store._make_key(key)  # noqa: SLF001
+                pipe.incr(full)
+                pipe.expire(full, ttl, nx=True)
+                count, _ = await pipe.execute()
+            return int(count)
+        async with self._memory_lock:
+            raw = await store.get(key)
+            count = int(raw or 0) + 1
+            await store.set(key, str(count), expires_in=ttl)
+            return count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = scope["litestar_app"]
+        request = app.request_class(scope)
+        if not await self.should_check_request(request=request):
+            await self.app(scope, receive, send)
+            return
+        window = 60 if self.unit == "minute" else {"second": 1, "hour": 3600, "day": 86400}[self.unit]
+        now = time.time()
+        bucket = int(now // window)
+        reset = max(1, int((bucket + 1) * window - now + 0.999))
+        key = f"rl:{self.get_identifier_for_request(request)}:{bucket}"
+        count = await self._incr(self.config.get_store_from_app(app), key, window + 1)
+        headers = {
+            "RateLimit-Policy": f"{self.max_requests}; w={window}",
+            "RateLimit-Limit": str(self.max_requests),
+            "RateLimit-Remaining": str(max(0, self.max_requests - count)),
+            "RateLimit-Reset": str(reset),
+        }
+        if count > self.max_requests:
+            raise TooManyRequestsException("too many requests; slow down", headers={**headers, "Retry-After": str(reset)})
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                mutable = MutableScopeHeaders(message)
+                for name, value in headers.items():
+                    mutable[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def build_rate_limit(settings: Settings) -> RateLimitConfig:
+    trusted = settings.trusted_proxies
+    return RateLimitConfig(
+        rate_limit=("minute", settings.rate_limit_per_minute),
+        exclude=RATE_LIMIT_EXCLUDE,
+        identifier_for_request=lambda request: client_ip(request.scope, trusted),
+        middleware_class=CounterRateLimitMiddleware,
+        store="rate_limit",
+    )
+
+
+def build_rate_limit_store(settings: Settings) -> Store:
+    if settings.redis_url:
+        return RedisStore.with_client(url=settings.redis_url, namespace="wt-ratelimit")
+    return MemoryStore()
+
+
+class AuthPlugin(InitPlugin):
+    """Installs the JWT backend (middleware, OpenAPI security scheme) and the global rate limit."""
+
+    def __init__(self, settings: Settings, *, authenticate: bool = True) -> None:
+        self.settings = settings
+        self.authenticate = authenticate
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        if self.authenticate:
+            app_config = build_jwt_auth(self.settings).on_app_init(app_config)
+        app_config.middleware.insert(0, build_rate_limit(self.settings).middleware)
+        store = build_rate_limit_store(self.settings)
+        if app_config.stores is None:
+            app_config.stores = {}
+        if isinstance(app_config.stores, dict):
+            app_config.stores["rate_limit"] = store
+        else:
+            app_config.stores.register("rate_limit", store, allow_override=True)
+        if isinstance(store, RedisStore):
+            app_config.on_shutdown.append(store._shutdown)  # noqa: SLF001 - closes its own Redis pool
+        return app_config
