@@ -418,10 +418,14 @@ class SystemSampler:
         return {"state": "running" if self._task and not self._task.done() else "stopped",
                 "samples": self.samples_taken, "last_sample_ms": self.last_sample_ms}
 
+    def _current(self) -> dict[str, Any]:
+        # The loop lag is read live (a sort of ~100 floats): it is the one number that should be fresh.
+        return {**self.latest, "event_loop": self.lag.snapshot()}
+
     def full(self) -> dict[str, Any]:
-        return dict(self.latest)
+        return self._current()
 
     def summary(self) -> dict[str, Any]:
-        out = summarize(self.latest)
+        out = summarize(self._current())
         out["instance"] = self.instance
         return out

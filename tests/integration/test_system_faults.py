@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support.services import RedisServer, start_cluster
-from tests.support.system import ServeProcess, wait_for
+from tests.support.system import ServeProcess, register_sync, wait_for
 
 
 class Load:
@@ -74,12 +74,7 @@ def _status(base_url: str, headers: dict[str, str]) -> dict:
     return r.json()
 
 
-@pytest.fixture
-def status_headers() -> dict[str, str]:
-    return {}
-
-
-def test_postgresql_restart_under_load(test_env, tmp_path, status_headers):
+def test_postgresql_restart_under_load(test_env, tmp_path):
     cluster = start_cluster()
     cluster.create_database("wt_fault")
     env = {**test_env, "DATABASE_URL": cluster.url("wt_fault"), "DATA_DIR": str(tmp_path),
@@ -88,6 +83,7 @@ def test_postgresql_restart_under_load(test_env, tmp_path, status_headers):
     try:
         proc.start()
         base = proc.base_url
+        status_headers = register_sync(base)
         assert _ready(base).status_code == 200
         with Load(base, ["/health/live", "/health/ready", "/api/system/status"], status_headers) as load:
             time.sleep(1.0)
@@ -122,7 +118,17 @@ def test_postgresql_restart_under_load(test_env, tmp_path, status_headers):
         cluster.destroy()
 
 
-def test_redis_stopped_degrades_clearly_and_recovers(test_env, tmp_path, status_headers):
+def _metric(base_url: str, name: str) -> float | None:
+    """One sample of our /metrics (loopback is a monitoring network by default)."""
+    r = httpx.get(f"{base_url}/metrics", timeout=5)
+    assert r.status_code == 200, r.text
+    for line in r.text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_redis_stopped_degrades_clearly_and_recovers(test_env, tmp_path):
     redis = RedisServer()
     redis.start()
     env = {**test_env, "REDIS_URL": redis.url, "DATA_DIR": str(tmp_path), "SYSTEM_SAMPLE_INTERVAL": "0.5"}
@@ -130,27 +136,49 @@ def test_redis_stopped_degrades_clearly_and_recovers(test_env, tmp_path, status_
     try:
         proc.start()
         base = proc.base_url
+        status_headers = register_sync(base)
         assert _ready(base).status_code == 200
         assert _status(base, status_headers)["redis"]["ok"] is True
-        with Load(base, ["/health/live", "/api/system/status"], status_headers) as load:
+        assert _metric(base, "wt_redis_up") == 1.0
+        with Load(base, ["/health/live", "/metrics"], threads=2) as load:
             redis.stop()
             wait_for(lambda: _ready(base).status_code == 503, 10, what="readiness 503 after Redis stopped")
             body = _ready(base).json()
             assert body["detail"] == "not ready: redis" and body["checks"]["database"]["ok"] is True
-            wait_for(lambda: _status(base, status_headers)["status"] == "degraded", 10, what="status degraded")
-            summary = _status(base, status_headers)
-            assert summary["redis"]["ok"] is False
-            assert any(p.startswith("redis unreachable") for p in summary["problems"])
+            # Clearly degraded, measured by the sampler (seen through /metrics, which needs no Redis).
+            wait_for(lambda: _metric(base, "wt_redis_up") == 0.0, 10, what="wt_redis_up 0")
+            assert _metric(base, 'wt_status{status="degraded"}') == 1.0
+            assert _metric(base, "wt_db_up") == 1.0
             time.sleep(1.0)
 
             redis.start()  # same port
             wait_for(lambda: _ready(base).status_code == 200, 20, what="readiness back after Redis returned")
             wait_for(lambda: _status(base, status_headers)["status"] == "ok", 10, what="status ok again")
+        assert _status(base, status_headers)["redis"]["ok"] is True
         assert proc.alive(), proc.logs()[-2000:]
-        # Served throughout: what does not need Redis kept working while it was gone.
         assert {s for (p, s) in load.results if p == "/health/live"} == {200}, load.results
-        assert {s for (p, s) in load.results if p == "/api/system/status"} == {200}, load.results
+        assert {s for (p, s) in load.results if p == "/metrics"} == {200}, load.results
         _only_structured_logs(proc)
+    finally:
+        proc.kill()
+        redis.destroy()
+
+
+@pytest.mark.xfail(strict=True, reason="auth's global rate limiter (app/auth/security.py) has no fallback when "
+                                       "Redis is down: every /api request is a 500 (reported to auth)")
+def test_api_keeps_answering_signed_in_users_while_redis_is_down(test_env, tmp_path):
+    """Sessions fall back to the database (app/auth/tokens.py); the API should keep serving."""
+    redis = RedisServer()
+    redis.start()
+    proc = ServeProcess({**test_env, "REDIS_URL": redis.url, "DATA_DIR": str(tmp_path),
+                         "SYSTEM_SAMPLE_INTERVAL": "0.5"})
+    try:
+        proc.start()
+        headers = register_sync(proc.base_url)
+        redis.stop()
+        wait_for(lambda: _ready(proc.base_url).status_code == 503, 10, what="readiness 503")
+        summary = _status(proc.base_url, headers)
+        assert summary["status"] == "degraded" and summary["redis"]["ok"] is False
     finally:
         proc.kill()
         redis.destroy()

@@ -57,3 +57,25 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+
+
+def register_sync(base_url: str, *, admin_database_url: str | None = None) -> dict[str, str]:
+    """Register a user on a running app (optionally promoted to admin, then logged in again so the
+    token's session carries the role); returns its Authorization header."""
+    import asyncio
+    import uuid
+
+    from tests.support.auth import make_admin
+
+    email = f"sys-{uuid.uuid4().hex[:12]}@example.com"
+    password = f"pw-{uuid.uuid4().hex}"
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        r = client.post("/api/auth/register", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        token = r.json()["access_token"]
+        if admin_database_url:
+            asyncio.run(make_admin(admin_database_url, r.json()["user"]["id"]))
+            r = client.post("/api/auth/login", json={"email": email, "password": password})
+            assert r.status_code == 200, r.text
+            token = r.json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
