@@ -32,6 +32,7 @@ DOMAIN_MODULES: list[str] = [
     "app.system.health",
     "app.system.routes",  # first lifespan in, last out: the sampler outlives the services it watches
     "app.auth",
+    "app.market",
 ]
 
 

@@ -24,7 +24,7 @@ from litestar.stores.redis import RedisStore
 from litestar.types import Message, Receive, Scope, Send
 
 from app.auth.models import AuthUser
-from app.auth.tokens import ALGORITHM, REQUIRED_CLAIMS, claims_of, is_revoked, session_state, signing_key, user_for
+from app.auth.tokens import ALGORITHM, REQUIRED_CLAIMS, VerifiedToken, claims_of, is_revoked, session_state, signing_key, user_for
 from app.config import Settings
 from app.net import client_ip
 
@@ -74,6 +74,7 @@ def build_jwt_auth(settings: Settings) -> JWTAuth[AuthUser, Token]:
         retrieve_user_handler=retrieve_user_handler,
         revoked_token_handler=revoked_token_handler,
         authentication_middleware_class=BearerJWTMiddleware,
+        token_cls=VerifiedToken,
         accepted_audiences=[settings.jwt_audience],
         accepted_issuers=[settings.jwt_issuer],
         require_claims=list(REQUIRED_CLAIMS),
@@ -99,7 +100,7 @@ class CounterRateLimitMiddleware(RateLimitMiddleware):
 
     async def _incr(self, store: Store, key: str, ttl: int) -> int:
         if isinstance(store, RedisStore):
-            async with store._redis.pipeline(transaction=True) as pipe:  # noqa: SLF001 - no public incr
+            async with store._redis.pipeline(transaction=False) as pipe:  # noqa: SLF001 - no public incr
                 full = store._make_key(key)  # noqa: SLF001
                 pipe.incr(full)
                 pipe.expire(full, ttl, nx=True)

@@ -6,10 +6,12 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
 import re
 import secrets
 import uuid
 import zoneinfo
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -79,13 +81,24 @@ class Client(msgspec.Struct, frozen=True):
 
 
 # --- passwords off the event loop ---------------------------------------------------------------------
+# bcrypt runs in threads of its own (it releases the GIL), at most one fewer than there are cores, so a
+# burst of logins can neither block the event loop nor take every core from it, nor fill the default
+# executor that other code relies on. Surplus logins queue here.
+
+PASSWORD_THREADS = max(1, (os.cpu_count() or 2) - 1)
+_password_pool = ThreadPoolExecutor(max_workers=PASSWORD_THREADS, thread_name_prefix="bcrypt")
+
+
+async def _off_loop(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(_password_pool, fn, *args)
+
 
 async def hash_password(ctx: AppContext, password: str) -> str:
-    return await asyncio.to_thread(passwords.hash_password, password, ctx.settings.bcrypt_rounds)
+    return await _off_loop(passwords.hash_password, password, ctx.settings.bcrypt_rounds)
 
 
 async def verify_password(password: str, password_hash: str) -> bool:
-    return await asyncio.to_thread(passwords.verify_password, password, password_hash)
+    return await _off_loop(passwords.verify_password, password, password_hash)
 
 
 @lru_cache(maxsize=4)
@@ -94,7 +107,7 @@ def _dummy_hash(rounds: int) -> str:
 
 
 async def dummy_hash(ctx: AppContext) -> str:
-    return await asyncio.to_thread(_dummy_hash, ctx.settings.bcrypt_rounds)
+    return await _off_loop(_dummy_hash, ctx.settings.bcrypt_rounds)
 
 
 def check_password_policy(password: str, email: str | None, field: str = "password") -> None:

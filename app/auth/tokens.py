@@ -66,9 +66,46 @@ def issue_access_token(settings: Settings, user_id: uuid.UUID, session_id: uuid.
     return jwt.encode(payload, signing_key(settings), algorithm=ALGORITHM)
 
 
+class VerifiedToken(Token):
+    """Litestar's Token, remembering which exact token strings it has already verified.
+
+    Verifying a JWT (HMAC, base64, JSON, claim checks, dataclass conversion) costs ~50 µs; a client
+    sends the same token for up to 15 minutes. A hit needs the identical string *and* identical
+    verification parameters, and `exp` is still checked on every use, so the result is the same as
+    decoding again. Session liveness is never cached here (see `session_state`)."""
+
+    _verified: dict[tuple[Any, ...], tuple[float, Token]] = {}
+    MAX_ENTRIES = 50_000
+
+    @classmethod
+    def decode(cls, encoded_token: str, secret: str, algorithm: str, audience: Any = None, issuer: Any = None,
+               require_claims: Any = None, verify_exp: bool = True, verify_nbf: bool = True,
+               strict_audience: bool = False) -> Token:
+        key = (encoded_token, secret, algorithm, _frozen(audience), _frozen(issuer), _frozen(require_claims),
+               verify_exp, verify_nbf, strict_audience)
+        hit = cls._verified.get(key)
+        if hit is not None and (hit[0] > time.time() or not verify_exp):
+            return hit[1]
+        token = super().decode(encoded_token, secret, algorithm, audience=audience, issuer=issuer,
+                               require_claims=require_claims, verify_exp=verify_exp, verify_nbf=verify_nbf,
+                               strict_audience=strict_audience)
+        if len(cls._verified) >= cls.MAX_ENTRIES:
+            now = time.time()
+            for k in [k for k, (exp, _) in cls._verified.items() if exp <= now]:
+                del cls._verified[k]
+            if len(cls._verified) >= cls.MAX_ENTRIES:
+                cls._verified.clear()
+        cls._verified[key] = (token.exp.timestamp(), token)
+        return token
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def decode_token(settings: Settings, encoded: str) -> Token:
     """Verify signature (HS256 only), exp, iat, iss, aud (exactly ours) and the presence of every claim."""
-    return Token.decode(
+    return VerifiedToken.decode(
         encoded_token=encoded, secret=signing_key(settings), algorithm=ALGORITHM,
         audience=[settings.jwt_audience], issuer=[settings.jwt_issuer],
         require_claims=REQUIRED_CLAIMS, strict_audience=True,

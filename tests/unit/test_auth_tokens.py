@@ -103,3 +103,25 @@ def test_session_state_liveness_and_user_matching():
     assert tokens.is_revoked(SessionState(str(uid), "a@b.co", "user", False, True, time.time() + 60))
     assert tokens.is_revoked(SessionState(str(uid), "a@b.co", "user", False, False, time.time() - 1))
     assert tokens.user_for(tokens.GONE, uid, sid) is None and tokens.is_revoked(tokens.GONE)
+
+
+def test_remembered_verification_still_expires(settings):
+    """VerifiedToken skips re-verifying an identical token string, but never past its exp."""
+    claims = _claims(settings, exp=int(time.time()) + 1)
+    raw = jwt.encode(claims, SECRET, algorithm="HS256")
+    assert tokens.claims_of(tokens.decode_token(settings, raw))[0] == uuid.UUID(claims["sub"])
+    assert tokens.decode_token(settings, raw) is tokens.decode_token(settings, raw)  # remembered
+    time.sleep(1.2)
+    with pytest.raises(NotAuthorizedException):
+        tokens.decode_token(settings, raw)
+
+
+def test_remembered_verification_is_per_key_and_audience(settings):
+    raw = tokens.issue_access_token(settings, uuid.uuid4(), uuid.uuid4())
+    tokens.decode_token(settings, raw)
+    other = load_settings({"ENV": "test", "JWT_SECRET": "z" * 40}, dotenv=os.devnull)
+    with pytest.raises(NotAuthorizedException):
+        tokens.decode_token(other, raw)
+    elsewhere = load_settings({"ENV": "test", "JWT_SECRET": SECRET, "JWT_AUDIENCE": "other-api"}, dotenv=os.devnull)
+    with pytest.raises(NotAuthorizedException):
+        tokens.decode_token(elsewhere, raw)
