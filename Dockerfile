@@ -40,6 +40,7 @@ WORKDIR /app
 # The app finds migrations/ and sql/ next to its package (app/config.py PROJECT_ROOT).
 COPY --chown=root:root app ./app
 COPY --chown=root:root migrations ./migrations
+COPY --chown=root:root sql ./sql
 RUN mkdir -p /app/.data && chown app:app /app/.data
 USER app:app
 EXPOSE 8000
