@@ -122,7 +122,7 @@ class SampleCollector(Collector):
                 net.add_metric([direction], v)
         yield net
 
-        lag = s.get("event_loop") or {}
+        lag = sampler.lag.snapshot()  # live, not the last sample's copy
         lag_g = GaugeMetricFamily(f"{PREFIX}_event_loop_lag_window_seconds",
                                   "Event-loop lag over the recent window", labels=["stat"])
         for stat in ("p99", "max", "mean"):

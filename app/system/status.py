@@ -140,11 +140,12 @@ class LoopLagMonitor:
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
+        clock = time.perf_counter
         while True:
-            started = loop.time()
+            started = clock()
             await asyncio.sleep(self.interval)
-            lag = max(0.0, loop.time() - started - self.interval)
+            lag = max(0.0, clock() - started - self.interval)
             self.samples.append(lag)
             self.total_samples += 1
             self.worst = max(self.worst, lag)
