@@ -64,9 +64,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ingest_queue_size: int = 200_000
     ingest_batch_size: int = 5_000
     ingest_flush_interval: float = 0.05
-    feed_flush_interval: float = 0.1  # WebSocket fan-out batching
+    feed_flush_interval: float = 0.025  # WebSocket fan-out batching (one frame per client per interval)
     ws_max_symbols: int = 200
     ws_max_connections_per_user: int = 10
+    ws_slow_client_timeout: float = 5.0  # a client that cannot take a frame for this long is disconnected
+    trade_retention_interval: float = 3600.0  # seconds between drop_chunks runs on `trades`
+    quote_stale_after: float = 120.0  # a cached quote older than this is reported `stale`
+    polygon_backfill_days: int = 5  # how far back minute bars are filled on start / after a reconnect
 
     # --- analytics / optimizer -----------------------------------------------------------------
     optimizer_workers: int = 2
@@ -103,6 +107,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("system_push_interval", "must be between 1 and 300 seconds")
         if self.shutdown_timeout <= 0:
             raise bad("shutdown_timeout", "must be positive")
+        if not 0.001 <= self.feed_flush_interval <= 5:
+            raise bad("feed_flush_interval", "must be between 0.001 and 5 seconds")
+        if not 0.001 <= self.ingest_flush_interval <= 5:
+            raise bad("ingest_flush_interval", "must be between 0.001 and 5 seconds")
+        if self.ingest_batch_size < 1 or self.ingest_queue_size < self.ingest_batch_size:
+            raise bad("ingest_queue_size", "must be at least INGEST_BATCH_SIZE >= 1")
+        if self.trade_retention_days < 1 or self.trade_retention_interval < 1:
+            raise bad("trade_retention_days", "retention days and interval must be positive")
+        if self.ws_max_symbols < 1 or self.ws_max_connections_per_user < 1 or self.ws_slow_client_timeout <= 0:
+            raise bad("ws_max_symbols", "WebSocket limits must be positive")
+        if not 0 <= self.polygon_backfill_days <= 365:
+            raise bad("polygon_backfill_days", "must be between 0 and 365")
         if self.optimizer_workers < 1:
             raise bad("optimizer_workers", "must be at least 1")
         for name in ("trusted_proxies", "metrics_allowed_networks"):

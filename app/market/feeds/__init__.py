@@ -1,0 +1,1 @@
+"""Market data sources. Both produce the typed events of `events.py` into the same pipeline."""
