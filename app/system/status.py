@@ -95,9 +95,9 @@ def assess(sample: Mapping[str, Any]) -> tuple[str, list[str]]:
 
 
 # The keys of a service's status copied into the summary everyone sees (the rest is admin-only).
-SUMMARY_SERVICE_KEYS = ("state", "connected", "role", "ingesting", "events_per_second", "events_per_s",
-                        "lag_s", "lag_seconds", "lag_ms", "queue_depth", "dropped", "ws_clients",
-                        "workers", "busy", "pending")
+SUMMARY_SERVICE_KEYS = ("feed", "state", "connected", "ingesting", "events_per_second", "written_per_second",
+                        "lag_ms", "queue_depth", "dropped", "ws_clients", "ws_users", "last_batch_lag_ms",
+                        "workers", "busy", "pending", "queued")
 
 
 def summarize(sample: Mapping[str, Any]) -> dict[str, Any]:

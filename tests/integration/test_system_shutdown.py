@@ -7,6 +7,7 @@ are a test echo route (the market feed's own sockets go through the same middlew
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import time
@@ -106,3 +107,60 @@ async def test_sigterm_gives_up_on_a_stuck_request_after_shutdown_timeout(app_en
         await tx.rollback()
         await lock_conn.close()
         proc.kill()
+
+
+async def test_sigterm_closes_the_market_feed_with_1001_and_flushes_the_ingestion_buffer(
+        test_env, pg_cluster, tmp_path):
+    """The simulator ingests with a long flush interval, so most of the time events wait in the
+    buffer. After SIGTERM, the newest stored trade must be from the moment of shutdown: the market's
+    lifespan flushed the buffer while the pool was still open (app/asgi.py exits the domains first)."""
+    from datetime import datetime
+
+    from tests.support.system import register_sync, wait_for
+
+    pg_cluster.create_database("wt_sys_flush")
+    db_url = pg_cluster.url("wt_sys_flush")
+    proc = ServeProcess({**test_env, "DATABASE_URL": db_url, "DATA_DIR": str(tmp_path), "LOG_LEVEL": "INFO",
+                         "MARKET_FEED": "simulator", "SIMULATOR_RATE": "500", "INGEST_FLUSH_INTERVAL": "5",
+                         "INGEST_BATCH_SIZE": "1000000", "INGEST_QUEUE_SIZE": "2000000", "SHUTDOWN_TIMEOUT": "5"})
+    proc.start(wait=90)
+    conn = await asyncpg.connect(db_url)
+    try:
+        headers = register_sync(proc.base_url)
+        token = headers["Authorization"].split()[1]
+        await asyncio.to_thread(wait_for, lambda: httpx.get(f"{proc.base_url}/api/system/status", headers=headers)
+                                .json()["services"].get("market", {}).get("ingesting") is True, 30,
+                                what="the simulator ingesting")
+        ws = await ws_connect(f"ws://127.0.0.1:{proc.port}/market-feed?token={token}")
+        await ws.send('{"action":"subscribe","symbols":["AAPL","MSFT"],"channels":["trades"]}')
+        # Let trades be stored once, then buffer for a while.
+        await asyncio.to_thread(wait_for, lambda: asyncio.run(_count(db_url)) > 0, 20, what="first stored trades")
+        await asyncio.sleep(1.5)
+        proc.proc.send_signal(signal.SIGTERM)
+        code = None
+        try:
+            while True:  # the feed keeps sending until the close frame
+                await asyncio.wait_for(ws.recv(), 5)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+        assert code == 1001
+        await asyncio.to_thread(proc.proc.wait, 20)
+        logs = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+        stopping = next(rec for rec in logs if rec["msg"] == "stopping")
+        stopping_at = datetime.fromisoformat(stopping["ts"].replace("Z", "+00:00"))
+        newest = await conn.fetchval("SELECT max(ts) FROM trades")
+        # Events up to the shutdown are stored (without the flush, the last periodic write would
+        # be up to INGEST_FLUSH_INTERVAL seconds older).
+        assert (stopping_at - newest).total_seconds() < 0.3, (stopping_at, newest)
+        assert "market write failed" not in proc.logs()
+    finally:
+        await conn.close()
+        proc.kill()
+
+
+async def _count(db_url: str) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM trades")
+    finally:
+        await conn.close()
