@@ -120,3 +120,12 @@ SELECT id FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at
 
 -- name: current_role
 SELECT role FROM users WHERE id = $1 AND NOT disabled
+
+-- name: session_states
+SELECT s.id, s.user_id, u.email, u.role, u.disabled, s.revoked_at IS NOT NULL AS revoked,
+       extract(epoch FROM s.expires_at)::float8 AS expires_at
+FROM sessions s JOIN users u ON u.id = s.user_id
+WHERE s.id = ANY($1::uuid[])
+
+-- name: rehash_password
+UPDATE users SET password_hash = $2 WHERE id = $1

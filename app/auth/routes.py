@@ -30,19 +30,19 @@ def _client(request: Request[Any, Any, Any], ctx: AppContext) -> service.Client:
 
 # --- /api/auth ----------------------------------------------------------------------------------------
 
-@post("/api/auth/register", status_code=HTTP_201_CREATED, tags=["auth"], security=[],
+@post("/api/auth/register", status_code=HTTP_201_CREATED, tags=["auth"], security=[{}],
       summary="Create an account and log in")
 async def register(request: Request[Any, Any, Any], ctx: AppContext, data: RegisterIn) -> AuthOut:
     return await service.register(ctx, data, _client(request, ctx))
 
 
-@post("/api/auth/login", status_code=HTTP_200_OK, tags=["auth"], security=[],
+@post("/api/auth/login", status_code=HTTP_200_OK, tags=["auth"], security=[{}],
       summary="Log in with email and password (failed attempts are limited per email and per address)")
 async def login(request: Request[Any, Any, Any], ctx: AppContext, data: LoginIn) -> AuthOut:
     return await service.login(ctx, data.email, data.password, _client(request, ctx))
 
 
-@post("/api/auth/refresh", status_code=HTTP_200_OK, tags=["auth"], security=[],
+@post("/api/auth/refresh", status_code=HTTP_200_OK, tags=["auth"], security=[{}],
       summary="Trade a refresh token for a new pair (rotation; reuse revokes the session)")
 async def refresh(request: Request[Any, Any, Any], ctx: AppContext, data: RefreshIn) -> AuthOut:
     return await service.refresh(ctx, data.refresh_token, _client(request, ctx))

@@ -70,13 +70,6 @@ class AuthOut(msgspec.Struct):
     token_type: str = "bearer"
 
 
-class TokensOut(msgspec.Struct):
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    token_type: str = "bearer"
-
-
 class SessionOut(msgspec.Struct):
     id: uuid.UUID
     created_at: datetime

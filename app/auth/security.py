@@ -6,6 +6,7 @@ Both are installed by `AuthPlugin` for the whole app. Order, outermost first: ra
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
 from litestar.types import Message, Receive, Scope, Send
+from redis.exceptions import RedisError
 
 from app.auth.models import AuthUser
 from app.auth.tokens import ALGORITHM, REQUIRED_CLAIMS, VerifiedToken, claims_of, is_revoked, session_state, signing_key, user_for
@@ -37,6 +39,7 @@ AUTH_EXCLUDE = [
 ]
 RATE_LIMIT_EXCLUDE = [r"^/health/", r"^/metrics$"]
 _SCOPE_STATE_KEY = "wt.auth.session_state"
+log = logging.getLogger("app.auth")
 
 
 class BearerJWTMiddleware(JWTAuthenticationMiddleware):
@@ -123,7 +126,14 @@ class CounterRateLimitMiddleware(RateLimitMiddleware):
         bucket = int(now // window)
         reset = max(1, int((bucket + 1) * window - now + 0.999))
         key = f"rl:{self.get_identifier_for_request(request)}:{bucket}"
-        count = await self._incr(self.config.get_store_from_app(app), key, window + 1)
+        try:
+            count = await self._incr(self.config.get_store_from_app(app), key, window + 1)
+        except (RedisError, OSError):
+            # Fail open: an unreachable Redis must not take the whole API down with it (/health/ready
+            # reports it). Login brute-force limits fail closed instead (see service.login).
+            log.warning("rate-limit store unavailable; request not counted")
+            await self.app(scope, receive, send)
+            return
         headers = {
             "RateLimit-Policy": f"{self.max_requests}; w={window}",
             "RateLimit-Limit": str(self.max_requests),

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import secrets
+import time
 import uuid
 import zoneinfo
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from app.auth.models import AuthUser
 from app.auth.schemas import (
     AdminUserOut, AdminUserPatch, AuthOut, ProfileOut, ProfilePatch, RegisterIn, SessionOut, UserOut, UserPage,
 )
-from app.auth.tokens import GONE, issue_access_token, mark_gone, refresh_states
+from app.auth.tokens import issue_access_token, mark_gone, refresh_states
 from app.cache import CacheUnavailable
 from app.context import AppContext
 from app.db import sql_file
@@ -143,50 +144,63 @@ async def register(ctx: AppContext, data: RegisterIn, client: Client) -> AuthOut
     return out
 
 
-def _limit_keys(email: str, ip: str) -> list[str]:
-    digest = hashlib.sha256(email.encode()).hexdigest()[:32]
-    return [f"auth:login-fail:email:{digest}", f"auth:login-fail:ip:{ip}"]
+class LoginLimiter:
+    """Failed logins per email and per client address, LOGIN_ATTEMPTS_PER_MINUTE each, in fixed
+    one-minute windows, counted in `ctx.cache` (Redis: shared by every replica).
 
+    An attempt is counted *before* its password is checked (an atomic INCR), and credited back as a
+    success afterwards, so failures = attempts − successes. Counting first is what stops a burst of
+    parallel guesses: each one's INCR is atomic, so at most the limit of them are ever verified —
+    checking a counter first and counting failures afterwards would let them all through. Both counters
+    of a window share its key suffix and expiry, so credit never leaks into the next window."""
 
-async def _check_login_limit(ctx: AppContext, keys: list[str]) -> None:
-    limit = ctx.settings.login_attempts_per_minute
-    try:
-        counts = await ctx.cache.get_many(keys)
-        blocked = [k for k, v in zip(keys, counts) if v is not None and int(v) >= limit]
-        if blocked:
-            ttls = [await ctx.cache.ttl(k) for k in blocked]
-            retry = max(1, math.ceil(max((t or LOGIN_WINDOW) for t in ttls)))
+    def __init__(self, ctx: AppContext, email: str, ip: str) -> None:
+        self.ctx = ctx
+        now = time.time()
+        bucket = int(now // LOGIN_WINDOW)
+        self.retry_after = max(1, math.ceil((bucket + 1) * LOGIN_WINDOW - now))
+        digest = hashlib.sha256(email.encode()).hexdigest()[:32]
+        self.prefixes = [f"auth:login:email:{digest}:{bucket}", f"auth:login:ip:{ip}:{bucket}"]
+
+    async def begin(self) -> None:
+        """Count this attempt; 429 when failures in this window already reach the limit."""
+        limit = self.ctx.settings.login_attempts_per_minute
+        ttl = LOGIN_WINDOW * 2
+        try:
+            attempts = [await self.ctx.cache.incr(f"{p}:n", ttl=ttl) for p in self.prefixes]
+            successes = await self.ctx.cache.get_many([f"{p}:ok" for p in self.prefixes])
+        except CacheUnavailable:
+            # The limiter is a security control: without it, refuse rather than allow unlimited guessing.
+            raise ServiceUnavailable("login is temporarily unavailable", headers={"Retry-After": "5"}) from None
+        # This attempt is included in `attempts` and not yet in the successes: it is one of the failures.
+        if any(n - int(ok or 0) > limit for n, ok in zip(attempts, successes)):
             raise AppError("too many failed logins; try again later", status_code=429,
-                           headers={"Retry-After": str(retry)}, retry_after=retry)
-    except CacheUnavailable:
-        # The limiter is a security control: without it, refuse rather than allow unlimited guessing.
-        raise ServiceUnavailable("login is temporarily unavailable", headers={"Retry-After": "5"}) from None
+                           headers={"Retry-After": str(self.retry_after)}, retry_after=self.retry_after)
 
-
-async def _count_failure(ctx: AppContext, keys: list[str]) -> None:
-    try:
-        for key in keys:
-            await ctx.cache.incr(key, ttl=LOGIN_WINDOW)
-    except CacheUnavailable:
-        pass
+    async def succeeded(self) -> None:
+        try:
+            for p in self.prefixes:
+                await self.ctx.cache.incr(f"{p}:ok", ttl=LOGIN_WINDOW * 2)
+        except CacheUnavailable:
+            pass
 
 
 async def login(ctx: AppContext, email: str, password: str, client: Client) -> AuthOut:
     email = normalize_email(email)
-    keys = _limit_keys(email, client.ip)
-    await _check_login_limit(ctx, keys)
+    limiter = LoginLimiter(ctx, email, client.ip)
+    await limiter.begin()
     row = await ctx.db.fetchrow(q("user_for_login"), email)
     # Unknown email: verify against a dummy hash all the same, so both failures take the same time.
     stored = row["password_hash"] if row is not None else await dummy_hash(ctx)
     ok = await verify_password(password, stored)
     if row is None or not ok:
-        await _count_failure(ctx, keys)
         log.info("login failed", extra={"known_user": row is not None, "client": client.ip})
         raise Unauthorized(BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"})
+    await limiter.succeeded()  # the password was right: not a failed login (even if the account is disabled)
     if row["disabled"]:
         raise Forbidden("this account is disabled")
     if passwords.needs_rehash(stored, ctx.settings.bcrypt_rounds):
-        await ctx.db.execute(q("update_password"), row["id"], await hash_password(ctx, password))
+        await ctx.db.execute(q("rehash_password"), row["id"], await hash_password(ctx, password))
     async with ctx.db.transaction() as conn:
         user_row = await conn.fetchrow(q("user_by_id"), row["id"])
         out = await _start_session(ctx, conn, user_row, client)
@@ -321,5 +335,3 @@ async def admin_update_user(ctx: AppContext, admin: AuthUser, user_id: uuid.UUID
                                              "role": row["role"], "disabled": row["disabled"]})
     return admin_user_out(row)
 
-
-__all__ = ["Client", "register", "login", "refresh", "logout", "GONE"]

@@ -285,3 +285,38 @@ async def test_create_admin_command(client, test_env, unique):
     assert out.returncode != 0 and "WT_ADMIN_PASSWORD" in out.stderr
     out = await asyncio.to_thread(_cli, test_env, "create-admin", f"weak-{unique}@example.com", password="password")
     assert out.returncode != 0 and "common" in out.stderr
+
+
+async def test_an_expired_session_cannot_refresh_nor_be_listed(client, database_url):
+    u = await register_user(client)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1", u.id)
+    finally:
+        await conn.close()
+    assert (await client.post("/api/auth/refresh", json={"refresh_token": u.refresh_token})).status_code == 401
+    fresh = (await _login(client, u.email, u.password)).json()
+    sessions = (await client.get("/api/auth/sessions", headers=_bearer(fresh["access_token"]))).json()
+    assert [s["current"] for s in sessions] == [True]
+
+
+async def test_a_hash_of_lower_cost_is_upgraded_at_login(test_env, database_url):
+    from litestar.testing import AsyncTestClient
+
+    from app.asgi import create_app
+    from app.auth import passwords
+    from tests.conftest import make_settings
+
+    settings = make_settings(test_env, redis_url="", bcrypt_rounds="5")
+    async with AsyncTestClient(app=create_app(settings)) as c:
+        u = await register_user(c)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("UPDATE users SET password_hash = $2 WHERE id = $1", u.id,
+                               passwords.hash_password(u.password, 4))
+            assert (await _login(c, u.email, u.password)).status_code == 200
+            upgraded = await conn.fetchval("SELECT password_hash FROM users WHERE id = $1", u.id)
+        finally:
+            await conn.close()
+        assert passwords.hash_cost(upgraded) == 5 and passwords.verify_password(u.password, upgraded)
+        assert (await _login(c, u.email, u.password)).status_code == 200

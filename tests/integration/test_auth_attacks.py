@@ -175,6 +175,13 @@ async def test_user_on_admin_routes_is_403(client):
     assert await _me(client, other.access_token) == 200
 
 
+async def test_health_schema_and_the_three_auth_endpoints_need_no_token(client):
+    assert (await client.get("/health/live")).status_code == 200
+    assert (await client.get("/schema/openapi.json")).status_code == 200
+    for path in ("/api/auth/register", "/api/auth/login", "/api/auth/refresh"):
+        assert (await client.post(path, json={})).status_code == 400  # validation, not 401
+
+
 async def test_paths_that_merely_look_public_are_not(client):
     u = await register_user(client)
     for path in ("//api/user/me", "/api/user/me/", "/api//user/me", "/api/auth/login/../../user/me"):
@@ -293,6 +300,37 @@ async def test_brute_force_per_client_address_is_429(limited_app):
         assert r.status_code == 200
 
 
+async def test_a_parallel_burst_of_guesses_gets_no_more_than_the_limit_checked(limited_app):
+    """Attempts are counted atomically before the password is checked, so firing guesses all at once
+    does not slip past the limit."""
+    async with httpx.AsyncClient(base_url=limited_app.base_url, timeout=30) as http:
+        email, _ = await _register(http, _ip())
+        results = await asyncio.gather(*[
+            http.post("/api/auth/login", json={"email": email, "password": f"guess {i}"},
+                      headers={"X-Forwarded-For": _ip()}) for i in range(12)])
+        codes = [r.status_code for r in results]
+        assert codes.count(401) <= 3 and codes.count(429) >= 9, codes
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(limited_app):
+    async with httpx.AsyncClient(base_url=limited_app.base_url) as http:
+        ip = _ip()
+        email, pw = await _register(http, ip)
+        token = (await http.post("/api/auth/login", json={"email": email, "password": pw},
+                                 headers={"X-Forwarded-For": f"203.0.113.9, {ip}"})).json()["access_token"]
+        sessions = (await http.get("/api/auth/sessions", headers=_bearer(token))).json()
+        assert {s["ip"] for s in sessions} == {ip}  # the rightmost hop not trusted, never the spoofable left
+
+
+async def test_successful_logins_do_not_use_up_the_failure_budget(limited_app):
+    async with httpx.AsyncClient(base_url=limited_app.base_url) as http:
+        ip = _ip()
+        email, pw = await _register(http, ip)
+        for _ in range(5):
+            r = await http.post("/api/auth/login", json={"email": email, "password": pw}, headers={"X-Forwarded-For": ip})
+            assert r.status_code == 200
+
+
 async def test_global_rate_limit_per_client_is_429(limited_app):
     async with httpx.AsyncClient(base_url=limited_app.base_url) as http:
         ip = _ip()
@@ -375,6 +413,9 @@ async def test_no_password_hash_or_token_in_logs_or_foreign_responses(client, da
     await client.post("/api/user/me/password", headers=_bearer(pair["access_token"]),
                       json={"current_password": password, "new_password": "another secret passphrase"})
     await make_admin(database_url, u.id)
+    forged = jwt.encode({"sub": str(u.id), "note": "forged-token-marker"}, "k" * 40, algorithm="HS256")
+    await client.get("/api/user/me", headers=_bearer(forged))
+    await client.post("/api/auth/refresh", json={"refresh_token": "wtr_guessed-refresh-marker"})
     bodies = [(await client.get(p, headers=_bearer(pair["access_token"]))).text
               for p in ("/api/user/me", "/api/auth/sessions", "/api/user?limit=200")]
     import asyncpg
@@ -385,7 +426,8 @@ async def test_no_password_hash_or_token_in_logs_or_foreign_responses(client, da
     finally:
         await conn.close()
     secrets = [password, "another secret passphrase", "wrong password here", stored_hash, stored_hash[7:29],
-               u.refresh_token, pair["refresh_token"], u.access_token.split(".")[2], pair["access_token"].split(".")[2]]
+               u.refresh_token, pair["refresh_token"], u.access_token.split(".")[2], pair["access_token"].split(".")[2],
+               forged.split(".")[2], "guessed-refresh-marker"]
     formatter = JsonFormatter()
     lines = "\n".join(formatter.format(rec) for rec in caplog.records)
     assert caplog.records, "expected some log records"
@@ -395,3 +437,29 @@ async def test_no_password_hash_or_token_in_logs_or_foreign_responses(client, da
             assert secret not in body
     for body in bodies:
         assert "password" not in body and "$2b$" not in body
+
+
+async def test_redis_outage_keeps_tokens_working_and_login_fails_closed(test_env):
+    """Own Redis, stopped mid-test: authenticated requests fall back to the database (and the global
+    rate limit fails open); logins answer 503 rather than guess without brute-force limits; once Redis
+    is back, everything works again."""
+    from tests.support.services import RedisServer
+
+    server = RedisServer()
+    server.start()
+    try:
+        settings = make_settings(test_env, redis_url=server.url)
+        async with AsyncTestClient(app=create_app(settings)) as c:
+            u = await register_user(c)
+            assert await _me(c, u.access_token) == 200
+            server.stop()
+            assert await _me(c, u.access_token) == 200
+            r = await _login(c, u.email, u.password)
+            assert r.status_code == 503 and "retry-after" in r.headers
+            await c.post("/api/auth/logout", headers=u.headers)  # committed in the database
+            assert await _me(c, u.access_token) == 401
+            server.start()
+            assert (await _login(c, u.email, u.password)).status_code == 200
+            assert await _me(c, u.access_token) == 401
+    finally:
+        server.destroy()
