@@ -33,6 +33,7 @@ DOMAIN_MODULES: list[str] = [
     "app.system.routes",  # first lifespan in, last out: the sampler outlives the services it watches
     "app.auth",
     "app.market",
+    "app.portfolio",
 ]
 
 

@@ -72,6 +72,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     quote_stale_after: float = 120.0  # a cached quote older than this is reported `stale`
     polygon_backfill_days: int = 5  # how far back minute bars are filled on start / after a reconnect
 
+    # --- portfolio -----------------------------------------------------------------------------
+    portfolio_import_max_bytes: int = 5_000_000  # CSV/JSON import upload limit (413 above it)
+    portfolio_import_max_rows: int = 50_000
+    portfolio_live_interval: float = 0.25  # seconds between live summaries on /market-feed (at most)
+
     # --- analytics / optimizer -----------------------------------------------------------------
     optimizer_workers: int = 2
     optimizer_timeout: float = 30.0
@@ -119,6 +124,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("ws_max_symbols", "WebSocket limits must be positive")
         if not 0 <= self.polygon_backfill_days <= 365:
             raise bad("polygon_backfill_days", "must be between 0 and 365")
+        if not 1_000 <= self.portfolio_import_max_bytes <= 100_000_000:
+            raise bad("portfolio_import_max_bytes", "must be between 1000 and 100000000")
+        if not 1 <= self.portfolio_import_max_rows <= 1_000_000:
+            raise bad("portfolio_import_max_rows", "must be between 1 and 1000000")
+        if not 0.05 <= self.portfolio_live_interval <= 60:
+            raise bad("portfolio_live_interval", "must be between 0.05 and 60 seconds")
         if self.optimizer_workers < 1:
             raise bad("optimizer_workers", "must be at least 1")
         for name in ("trusted_proxies", "metrics_allowed_networks"):
