@@ -203,7 +203,11 @@ def run(args: argparse.Namespace) -> dict:
         proc = start_server(env, port, logdir / "app-ingest.log")
         procs.append(proc)
         admin = register(port, cluster.url("bench"))
-        before = market_status(port, admin)
+        before = None
+        deadline = time.monotonic() + 20  # the market service registers itself, then gets sampled
+        while time.monotonic() < deadline and not (before and before.get("ingesting")):
+            time.sleep(0.5)
+            before = market_status(port, admin)
         if not before:
             results["event_loop_lag_under_ingestion"] = (
                 "not measured: the market domain's simulator/ingestion is not in this build "
