@@ -110,6 +110,13 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck():
             parts = [p for p in ln.split()[1:] if not p.startswith("--")]
             for src in parts[:-1]:
                 assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
+    # And everything the app reads next to its package at run time is copied.
+    copied = {p for ln in lines if ln.startswith("COPY ") and "--from=" not in ln
+              for p in [q for q in ln.split()[1:] if not q.startswith("--")][:-1]}
+    used = set()
+    for path in (ROOT / "app").rglob("*.py"):
+        used |= set(re.findall(r'PROJECT_ROOT / "([^"/]+)"', path.read_text()))
+    assert used - {".data", ".env"} <= copied, (used, copied)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".env" in ignored and ".data" in ignored and ".git" in ignored
 

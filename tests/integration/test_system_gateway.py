@@ -123,3 +123,24 @@ def test_login_attempts_are_rate_limited_at_the_gateway(gateway):
     # auth zone: 10/min with a burst of 20 → about 21 reach the apps, then nginx answers 429 itself.
     assert set(statuses) <= {401, 429}, statuses
     assert 15 <= by_nginx <= 19, (by_nginx, statuses)
+
+
+async def test_market_feed_websocket_upgrades_through_the_gateway(gateway):
+    import asyncio
+
+    from websockets.asyncio.client import connect as ws_connect
+
+    from tests.support.system import register_sync
+
+    base, apps, _ = gateway
+    headers = register_sync(base)
+    token = headers["Authorization"].split()[1]
+    url = base.replace("http://", "ws://") + f"/market-feed?token={token}"
+    async with ws_connect(url) as ws:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        events = frame if isinstance(frame, list) else [frame]
+        assert any(e.get("type") == "ack" and e.get("action") == "auth" for e in events), events
+        await ws.send(json.dumps({"action": "ping", "id": 1}))
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        events = frame if isinstance(frame, list) else [frame]
+        assert any(e.get("action") == "ping" for e in events), events
