@@ -10,46 +10,51 @@ import asyncio
 import logging
 from typing import Any
 
+from app.system.status import current_sampler
+
 log = logging.getLogger("app.system")
 
 CHANNEL = "system"
-_state: dict[str, Any] = {"sampler": None, "interval": 5.0}
-_subscribed: dict[int, bool] = {}  # id(conn) → still subscribed
+_pushers: dict[int, asyncio.Task] = {}  # id(conn) → its push task (cancelled with the socket)
 
 
-def bind(sampler: Any, interval: float) -> None:
-    _state["sampler"] = sampler
-    _state["interval"] = interval
+def _interval() -> float:
+    sampler = current_sampler()
+    return sampler.ctx.settings.system_push_interval if sampler is not None else 5.0
 
 
 def _payload(conn: Any) -> dict[str, Any] | None:
-    sampler = _state["sampler"]
+    sampler = current_sampler()
     if sampler is None or not sampler.latest:
         return None
     return {"type": CHANNEL, "channel": CHANNEL, "data": sampler.summary()}
 
 
-async def _push(conn: Any, key: int) -> None:
+async def _push(conn: Any) -> None:
     try:
-        while _subscribed.get(key):
+        while True:
             payload = _payload(conn)
             if payload is not None:
                 conn.send(payload)
-            await asyncio.sleep(_state["interval"])
+            await asyncio.sleep(_interval())
     finally:
-        _subscribed.pop(key, None)
+        key = id(conn)
+        if _pushers.get(key) is asyncio.current_task():
+            del _pushers[key]
 
 
 async def subscribe(conn: Any, message: dict) -> dict:
     key = id(conn)
-    if not _subscribed.get(key):
-        _subscribed[key] = True
-        conn.add_task(_push(conn, key))
-    return {"channel": CHANNEL, "subscribed": True, "interval_s": _state["interval"]}
+    task = _pushers.get(key)
+    if task is None or task.done():
+        _pushers[key] = conn.add_task(_push(conn))
+    return {"channel": CHANNEL, "subscribed": True, "interval_s": _interval()}
 
 
 async def unsubscribe(conn: Any, message: dict) -> dict:
-    _subscribed[id(conn)] = False
+    task = _pushers.pop(id(conn), None)
+    if task is not None:
+        task.cancel()
     return {"channel": CHANNEL, "subscribed": False}
 
 

@@ -10,7 +10,6 @@ TRUSTED_PROXIES), or with an admin's bearer token. Everyone else gets 403.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from app.errors import Forbidden
 from app.net import client_ip, in_networks, parse_networks
+from app.system.status import current_sampler
 
 log = logging.getLogger("app.system")
 
@@ -52,21 +52,11 @@ def _num(value: Any) -> float | None:
 class SampleCollector(Collector):
     """Turns the latest system sample into metric families (no I/O at scrape time)."""
 
-    def __init__(self) -> None:
-        self._sampler: weakref.ReferenceType[Any] | None = None
-
-    def attach(self, sampler: Any) -> None:
-        self._sampler = weakref.ref(sampler)
-
-    def detach(self, sampler: Any) -> None:
-        if self._sampler is not None and self._sampler() is sampler:
-            self._sampler = None
-
     def describe(self) -> list:  # tells the registry not to call collect() at registration
         return []
 
     def collect(self) -> Iterator[Any]:  # noqa: C901 - a flat list of metrics
-        sampler = self._sampler() if self._sampler else None
+        sampler = current_sampler()
         if sampler is None or not sampler.latest:
             return
         s: Mapping[str, Any] = sampler.latest

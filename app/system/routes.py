@@ -17,9 +17,9 @@ from app.config import Settings
 from app.context import AppContext
 from app.errors import ServiceUnavailable
 from app.system import feed
-from app.system.metrics import COLLECTOR, EVENT_LOOP_LAG, MetricsController, prometheus_config
+from app.system.metrics import EVENT_LOOP_LAG, MetricsController, prometheus_config
 from app.system.shutdown import WebSocketDrainMiddleware
-from app.system.status import LoopLagMonitor, SystemSampler
+from app.system.status import LoopLagMonitor, SystemSampler, activate, deactivate
 
 log = logging.getLogger("app.system")
 
@@ -56,13 +56,12 @@ async def lifespan(ctx: AppContext) -> AsyncIterator[None]:
     sampler = SystemSampler(ctx, lag=lag)
     await sampler.start()
     ctx.services["system"] = sampler
-    COLLECTOR.attach(sampler)
-    feed.bind(sampler, ctx.settings.system_push_interval)
+    activate(sampler)  # /metrics and the `system` feed channel read it
     feed.register_feed_channel()
     try:
         yield
     finally:
-        COLLECTOR.detach(sampler)
+        deactivate(sampler)
         ctx.services.pop("system", None)
         await sampler.stop()
 

@@ -23,6 +23,7 @@ import os
 import platform
 import socket
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -430,3 +431,23 @@ class SystemSampler:
         out = summarize(self._current())
         out["instance"] = self.instance
         return out
+
+
+# --- the running sampler ----------------------------------------------------------------------------
+# One app per process in production; tests may run several at once: the newest live one reports.
+_ACTIVE: list[weakref.ReferenceType[SystemSampler]] = []
+
+
+def activate(sampler: SystemSampler) -> None:
+    _ACTIVE.append(weakref.ref(sampler))
+
+
+def deactivate(sampler: SystemSampler) -> None:
+    _ACTIVE[:] = [r for r in _ACTIVE if r() is not None and r() is not sampler]
+
+
+def current_sampler() -> SystemSampler | None:
+    for ref in reversed(_ACTIVE):
+        if (sampler := ref()) is not None:
+            return sampler
+    return None

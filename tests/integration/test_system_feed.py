@@ -76,7 +76,9 @@ def test_status_page_reports_the_market_feed(feed_app, database_url):
     body = httpx.get(f"{feed_app.base_url}/api/system/status", headers=headers).json()
     market = body["services"]["market"]
     assert market["state"] == "running" and market["queue_depth"] >= 0 and market["dropped"] == 0
-    assert body["status"] == "ok", body["problems"]
+    # ok once the start-up (history load, a busy shared machine) is out of the 10 s lag window
+    wait_for(lambda: httpx.get(f"{feed_app.base_url}/api/system/status", headers=headers).json()["status"] == "ok",
+             25, what="status ok")
     metrics = httpx.get(f"{feed_app.base_url}/metrics").text
     assert 'wt_service_value{field="events_per_second",service="market"}' in metrics
     assert 'wt_service_state{service="market",state="running"} 1.0' in metrics
