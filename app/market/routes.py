@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -23,6 +24,7 @@ from app.market.schemas import (Asset, AssetDetail, AssetPage, Bar, Breadth, Bre
 from app.market.snapshot import decode_snapshot, snapshot_key
 
 UTC = timezone.utc
+_SYMBOL = re.compile(r"[A-Z0-9.:-]{1,24}")
 INTERVALS: dict[str, timedelta] = {
     "1m": timedelta(minutes=1), "5m": timedelta(minutes=5), "15m": timedelta(minutes=15),
     "1h": timedelta(hours=1), "1d": timedelta(days=1), "1w": timedelta(weeks=1),
@@ -42,9 +44,12 @@ def _encode_cursor(symbol: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        symbol = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise AppError("cursor is not one this API returned", field="cursor") from None
+        symbol = ""
+    if not _SYMBOL.fullmatch(symbol) or _encode_cursor(symbol) != cursor:
+        raise AppError("cursor is not one this API returned", field="cursor")
+    return symbol
 
 
 @get("/assets", summary="Search assets")

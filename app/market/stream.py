@@ -212,8 +212,13 @@ class FeedConnection:
                 async with asyncio.timeout(timeout):
                     await self.socket.send_data(frame.decode(), mode="text")
             except TimeoutError:
+                # Stop feeding it at once; the close frame goes out when its socket takes data again
+                # (or the protocol's ping timeout ends the connection).
                 self.hub.slow_disconnects += 1
-                await self.close(CLOSE_SLOW, f"slow consumer: a frame could not be delivered in {timeout:g} s")
+                self.hub.connections.discard(self)
+                log.info("slow feed client disconnected", extra={"connection_id": self.id, "conflated": self.conflated})
+                await self.close(CLOSE_SLOW, f"slow consumer: a frame could not be delivered in {timeout:g} s",
+                                 wait=30.0)
                 return
             except (WebSocketDisconnect, OSError, RuntimeError):
                 self.closed = True
@@ -221,14 +226,14 @@ class FeedConnection:
             self.frames_sent += 1
             self.last_sent = time.monotonic()
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str, wait: float = 1.0) -> None:
         if self.closed:
             return
         self.closed = True
         self.close_reason = (code, reason)
         self._wake.set()
         try:
-            async with asyncio.timeout(1.0):
+            async with asyncio.timeout(wait):
                 await self.socket.close(code=code, reason=reason)
         except (TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
             pass

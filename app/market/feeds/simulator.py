@@ -127,7 +127,7 @@ class Simulator:
         self.tick = min(0.1, max(0.005, 1.0 / rate))
         self.minute: int | None = None
         self.bars: dict[str, _MinuteBar] = {}
-        self.seq = 0
+        self.seq = int(time.time() * 1000) * 100  # trade ids unique across leaders and restarts
         self.events = 0
         self.running = False
 
