@@ -88,6 +88,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # --- monitoring ----------------------------------------------------------------------------
     metrics_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    system_sample_interval: float = 2.0  # seconds between host/process/DB/Redis samples
+    system_push_interval: float = 5.0  # seconds between `system` pushes on /market-feed
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -105,6 +107,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("rate_limit_per_minute", "limits must be positive")
         if self.simulator_rate <= 0:
             raise bad("simulator_rate", "must be positive")
+        if not 0.2 <= self.system_sample_interval <= 60:
+            raise bad("system_sample_interval", "must be between 0.2 and 60 seconds")
+        if not 1 <= self.system_push_interval <= 300:
+            raise bad("system_push_interval", "must be between 1 and 300 seconds")
+        if self.shutdown_timeout <= 0:
+            raise bad("shutdown_timeout", "must be positive")
         if not 0.001 <= self.feed_flush_interval <= 5:
             raise bad("feed_flush_interval", "must be between 0.001 and 5 seconds")
         if not 0.001 <= self.ingest_flush_interval <= 5:
