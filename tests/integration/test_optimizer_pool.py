@@ -137,3 +137,13 @@ def test_a_plain_script_under_uvloop_never_imports_riskfolio(tmp_path) -> None:
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+async def test_lazy_pool_starts_on_the_first_job() -> None:
+    p = OptimizerPool(workers=1, timeout=60.0)  # never start()ed, as with OPTIMIZER_PRESTART=false
+    try:
+        assert p.status()["started"] is False and p.status()["pids"] == []
+        assert await p.run("ping", None) == {"pong": True}
+        assert p.status()["started"] is True and p.status()["ready"] == 1
+    finally:
+        await p.stop()
