@@ -93,7 +93,7 @@ async def delete_me(request: AuthRequest, ctx: AppContext, data: DeleteAccountIn
 async def list_users(
     ctx: AppContext,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
+    offset: Annotated[int, Parameter(ge=0, le=2**31 - 1)] = 0,  # beyond a bigint was a 500
 ) -> UserPage:
     return await service.list_users(ctx, limit, offset)
 

@@ -53,7 +53,9 @@ class OptimizeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     expected_returns: ExpectedReturns = "historical"
     ewma_halflife: Annotated[float, Meta(gt=0.0, le=10_000.0)] = 63.0  # periods, for expected_returns=ewma
     risk_free_rate: Annotated[float, Meta(ge=-0.5, le=1.0)] = 0.0  # annual
-    alpha: Annotated[float, Meta(gt=0.0, lt=0.5)] = 0.05  # CVaR / CDaR tail
+    # CVaR / CDaR tail. Below ~1e-6 Riskfolio overflows (1e-300: "array must not contain infs or NaNs", a
+    # 500) or reports a bogus "unbounded"; a tail of 0.1 % is already finer than any sample we accept.
+    alpha: Annotated[float, Meta(ge=0.001, lt=0.5)] = 0.05
     constraints: ConstraintsIn = msgspec.field(default_factory=ConstraintsIn)
     views: list[ViewIn] = msgspec.field(default_factory=list)  # Black-Litterman
     prior: Literal["current", "equal"] | None = None  # Black-Litterman market weights; default current if known

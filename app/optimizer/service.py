@@ -433,7 +433,7 @@ async def rebalance(ctx: AppContext, user_id: uuid.UUID, req: RebalanceRequest) 
     from app.market.prices import known_symbols, latest_prices  # noqa: PLC0415 — the market domain
 
     started = time.perf_counter()
-    if req.min_trade_value < 0 or not req.min_trade_value.is_finite():
+    if not req.min_trade_value.is_finite() or req.min_trade_value < 0:  # NaN first: NaN < 0 raises
         raise _fail("min_trade_value must be a non-negative amount", "min_trade_value")
     view, current_weights = await _portfolio_weights(ctx, req.portfolio_id, user_id)
     holdings = {h.symbol: Decimal(h.quantity) for h in view.holdings if h.quantity != 0}

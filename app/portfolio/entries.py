@@ -91,10 +91,24 @@ def check_number(name: str, value: Any, errors: FieldErrors) -> Decimal | None:
     if d > hi:
         errors.append((name, f"must be at most {hi}"))
         return None
-    if d.normalize().as_tuple().exponent < -MAX_PLACES:  # type: ignore[operator]
+    if _places(d) > MAX_PLACES:
         errors.append((name, f"at most {MAX_PLACES} decimal places"))
         return None
-    return d + 0  # a fresh Decimal, -0 → 0
+    if not d:
+        return Decimal(0)  # also 0E-1000026, whose exponent PostgreSQL's numeric cannot hold
+    return d + 0  # a fresh Decimal (exact: ≤ 14 integer digits + 10 places < 28 digits)
+
+
+def _places(d: Decimal) -> int:
+    """Decimal places of `d` without trailing zeros, exactly. (`normalize()` would round to the
+    context's 28 digits first: 1E-999999999 became 0 and 1.000…0001 became 1, so both passed.)"""
+    if not d:
+        return 0
+    _, digits, exponent = d.as_tuple()
+    trailing = 0
+    while trailing < len(digits) - 1 and digits[-1 - trailing] == 0:
+        trailing += 1
+    return max(0, -(int(exponent) + trailing))
 
 
 def check_entry(raw: dict[str, Any], *, base_currency: str, now: datetime) -> tuple[Entry | None, FieldErrors]:

@@ -616,8 +616,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         ts = datetime.fromisoformat(when)
         if ts.tzinfo is None:
             raise ValueError
-        return ts, int(seq)
-    except (ValueError, UnicodeDecodeError):
+        n = int(seq)
+        if not 0 <= n < 2**63:  # seq is a bigint
+            raise ValueError
+        return ts.astimezone(UTC), n  # OverflowError when the offset leaves years 1–9999
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise AppError("cursor is not one this API returned", field="cursor") from None
 
 

@@ -9,6 +9,7 @@ answer 500 or be taken as something it is not; each must now be a 4xx problem bo
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -18,22 +19,24 @@ from litestar import Litestar, post
 from litestar.testing import AsyncTestClient
 
 from app.errors import EXCEPTION_HANDLERS
-from tests.support.auth import TestUser, register_user
+from tests.support.auth import TestUser, make_admin, register_user
 
 PROBLEM = "application/problem+json"
 BIG = 50 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-async def world(client: Any) -> dict[str, Any]:
+async def world(client: Any, database_url: str) -> dict[str, Any]:
     user = await register_user(client)
+    admin = await register_user(client)
+    await make_admin(database_url, admin.id)
     r = await client.post("/api/portfolio", json={"name": "edges"}, headers=user.headers)
     assert r.status_code == 201, r.text
     pid = r.json()["id"]
     r = await client.post(f"/api/portfolio/{pid}/transactions", headers=user.headers,
                           json={"type": "deposit", "amount": "1000", "executed_at": "2024-01-02T00:00:00Z"})
     assert r.status_code == 201, r.text
-    return {"user": user, "pid": pid}
+    return {"user": user, "admin": admin, "pid": pid}
 
 
 def _problem(r: Any, status: int, field: str | None) -> dict[str, Any]:
@@ -44,6 +47,10 @@ def _problem(r: Any, status: int, field: str | None) -> dict[str, Any]:
     if field is not None:
         assert field in [e["field"] for e in body.get("errors", [])], body
     return body
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 # (id, method, path — {pid} is the user's portfolio —, request kwargs, status, field named)
@@ -83,6 +90,27 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [
      {"json": {"type": "deposit", "amount": "5", "executed_at": "0001-01-01T00:00:00+05:00"}}, 400, "executed_at"),
     ("executed-at-after-9999-in-utc", "POST", "/api/portfolio/{pid}/transactions",
      {"json": {"type": "deposit", "amount": "5", "executed_at": "9999-12-31T23:59:59-05:00"}}, 400, "executed_at"),
+    # crafted pagination cursors (bigint overflow, offsets past year 9999: asyncpg DataError 500s)
+    ("cursor-seq-past-bigint", "GET", "/api/portfolio/{pid}/transactions?cursor="
+     + _cursor("2024-01-01T00:00:00+00:00|99999999999999999999"), {}, 400, "cursor"),
+    ("cursor-time-past-9999-in-utc", "GET", "/api/portfolio/{pid}/transactions?cursor="
+     + _cursor("9999-12-31T23:59:59-23:00|1"), {}, 400, "cursor"),
+    ("cursor-time-before-year-1-in-utc", "GET", "/api/portfolio/{pid}/transactions?cursor="
+     + _cursor("0001-01-01T00:00:00+23:00|1"), {}, 400, "cursor"),
+    ("user-list-offset-past-bigint", "GET", "/api/user?offset=9223372036854775808", {"admin": True}, 400, "offset"),
+    # numbers: a quantity that rounds to 0 in a 28-digit context passed the decimal-places check and
+    # could not be stored (500); more than 28 digits were silently rounded
+    ("quantity-1e-999999999", "POST", "/api/portfolio/{pid}/transactions",
+     {"json": {"type": "buy", "symbol": "AAPL", "quantity": "1E-999999999", "price": "1"}}, 400, "quantity"),
+    ("quantity-29-digits", "POST", "/api/portfolio/{pid}/transactions",
+     {"json": {"type": "buy", "symbol": "AAPL", "quantity": "1.0000000000000000000000000001", "price": "1"}},
+     400, "quantity"),
+    ("rebalance-min-trade-value-nan", "POST", "/api/optimizer/rebalance",
+     {"json": {"portfolio_id": "{pid}", "target": {"AAPL": 0.5}, "min_trade_value": "NaN"}}, 422, "min_trade_value"),
+    ("optimizer-alpha-tiny", "POST", "/api/optimizer/optimize",
+     {"json": {"returns": {"A": [0.01, -0.01] * 40, "B": [-0.02, 0.01] * 40},
+               "dates": [f"2020-{m:02d}-{d:02d}" for m in range(1, 5) for d in range(1, 21)], "alpha": 1e-300}},
+     400, "alpha"),
     # bodies
     ("json-nested-too-deeply", "POST", "/api/portfolio",
      {"content": b"[" * 100_000, "headers": {"content-type": "application/json"}}, 400, "body"),
@@ -133,6 +161,8 @@ async def test_hostile_input_is_a_named_4xx(client: Any, world: dict[str, Any], 
                                             kwargs: dict[str, Any], status: int, field: str | None) -> None:
     user: TestUser = world["user"]
     kwargs = dict(kwargs)
+    if kwargs.pop("admin", False):
+        user = world["admin"]
     headers = {} if kwargs.pop("public", False) else dict(user.headers)
     headers.update(kwargs.pop("headers", {}))
     if "json" in kwargs:
