@@ -226,6 +226,7 @@ def test_kubernetes_manifests_fit_together():
     assert container["resources"]["requests"]["cpu"]  # the HPA's CPU target needs a request
     paths = {p["path"]: p["backend"]["service"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]}
     assert "/market-feed" in paths and "/api" in paths
+    assert not any(p in ("/", "/metrics") for p in paths)  # /metrics is not published
     for backend in paths.values():
         assert backend["name"] == svc["metadata"]["name"] and backend["port"]["name"] == "http"
     assert int(ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
