@@ -34,6 +34,8 @@ DOMAIN_MODULES: list[str] = [
     "app.auth",
     "app.market",
     "app.portfolio",
+    "app.analytics",
+    "app.optimizer",
 ]
 
 

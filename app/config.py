@@ -80,6 +80,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # --- analytics / optimizer -----------------------------------------------------------------
     optimizer_workers: int = 2
     optimizer_timeout: float = 30.0
+    optimizer_nice: int = 10  # niceness added to optimizer worker processes (0 = same priority as the API)
     ai_api_url: str | None = None
     ai_api_key: str | None = None
     ai_model: str | None = None
@@ -132,6 +133,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("portfolio_live_interval", "must be between 0.05 and 60 seconds")
         if self.optimizer_workers < 1:
             raise bad("optimizer_workers", "must be at least 1")
+        if not 0 < self.optimizer_timeout <= 3600:
+            raise bad("optimizer_timeout", "must be between 0 and 3600 seconds")
+        if not 0 <= self.optimizer_nice <= 19:
+            raise bad("optimizer_nice", "must be between 0 and 19")
         for name in ("trusted_proxies", "metrics_allowed_networks"):
             for net in getattr(self, name):
                 try:

@@ -65,7 +65,7 @@ CREATE TABLE portfolio_idempotency_keys (
     request_hash     text        NOT NULL,
     status           text        NOT NULL DEFAULT 'in_flight' CHECK (status IN ('in_flight', 'done')),
     response_status  integer,
-    response_body    jsonb,
+    response_body    text,         -- the first response, byte for byte
     created_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, portfolio_id, key)
 );

@@ -5,6 +5,12 @@ INSERT INTO portfolios (user_id, name, base_currency, cost_basis_method)
 VALUES ($1, $2, $3, $4)
 RETURNING id, user_id, name, base_currency, cost_basis_method, ledger_version, created_at, updated_at;
 
+-- name: lock_user_portfolios
+SELECT pg_advisory_xact_lock(hashtextextended('portfolios:' || $1::text, 0));
+
+-- name: count_portfolios
+SELECT count(*) FROM portfolios WHERE user_id = $1;
+
 -- name: list_portfolios
 SELECT id, user_id, name, base_currency, cost_basis_method, ledger_version, created_at, updated_at
 FROM portfolios WHERE user_id = $1 ORDER BY created_at, id;
@@ -153,7 +159,7 @@ WHERE user_id = $1 AND portfolio_id = $2 AND key = $3 AND status = 'in_flight' A
 RETURNING key;
 
 -- name: idem_complete
-UPDATE portfolio_idempotency_keys SET status = 'done', response_status = $4, response_body = $5::text::jsonb
+UPDATE portfolio_idempotency_keys SET status = 'done', response_status = $4, response_body = $5
 WHERE user_id = $1 AND portfolio_id = $2 AND key = $3;
 
 -- name: idem_release

@@ -32,8 +32,42 @@ BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "vwap",
 _fromts = datetime.fromtimestamp
 
 
+_PRICES: dict[float, Decimal] = {}  # float price → exact Decimal of its shortest repr (prices repeat: ticks)
+
+
+def price_decimal(p: float) -> Decimal:
+    d = _PRICES.get(p)
+    if d is None:
+        if len(_PRICES) > 100_000:
+            _PRICES.clear()
+        d = _PRICES[p] = Decimal(repr(p))
+    return d
+
+
 def trade_row(ev: Trade) -> tuple:
-    return (_fromts(ev.t / 1000, UTC), ev.sym, Decimal(repr(ev.p)), ev.s, ev.x, ev.i, ev.z, ev.q)
+    return (_fromts(ev.t / 1000, UTC), ev.sym, price_decimal(ev.p), ev.s, ev.x, ev.i, ev.z, ev.q)
+
+
+def trade_rows(batch: list[Trade]) -> list[tuple]:
+    """COPY rows for a batch (the hot path: consecutive trades share timestamps, prices repeat)."""
+    out: list[tuple] = []
+    append = out.append
+    prices = _PRICES
+    if len(prices) > 100_000:
+        prices.clear()
+    last_t = -1
+    last_dt = None
+    for ev in batch:
+        t = ev.t
+        if t != last_t:
+            last_dt = _fromts(t / 1000, UTC)
+            last_t = t
+        p = ev.p
+        d = prices.get(p)
+        if d is None:
+            d = prices[p] = Decimal(repr(p))
+        append((last_dt, ev.sym, d, ev.s, ev.x, ev.i, ev.z, ev.q))
+    return out
 
 
 def bar_row(ev: MinuteAgg, source: str) -> tuple:
@@ -84,7 +118,10 @@ class Pipeline:
         self.lag_ms: float | None = None
         self.db_ok = True
         self.statuses: dict[str, int] = {}
+        self.rejected = 0  # semantically invalid events (crossed quotes, inconsistent bars)
+        self.last_rejection: str | None = None
         self._err_log = RateLimitedLog(log)
+        self._reject_log = RateLimitedLog(log)
 
     # --- input (synchronous: never waits) -------------------------------------------------------
     def submit(self, events: list) -> None:
@@ -98,9 +135,14 @@ class Pipeline:
                 if book is not None:
                     book.on_trade(ev)
             elif t is Quote:
-                if book is not None:
+                if ev.bp > 0 and ev.ap > 0 and ev.bp > ev.ap * 1.5:  # crossed far beyond any real market
+                    self._reject(f"crossed quote for {ev.sym}")
+                elif book is not None:
                     book.on_quote(ev)
             elif t is MinuteAgg:
+                if not (ev.l <= ev.o <= ev.h and ev.l <= ev.c <= ev.h):
+                    self._reject(f"inconsistent bar for {ev.sym}")
+                    continue
                 self._add_bar(ev, self.source)
                 if book is not None:
                     book.on_bar(ev)
@@ -116,6 +158,11 @@ class Pipeline:
             self.dropped += over
         if len(trades) - n_before >= self.batch_size or len(trades) >= self.batch_size:
             self._wake.set()
+
+    def _reject(self, why: str) -> None:
+        self.rejected += 1
+        self.last_rejection = why
+        self._reject_log.warning("market event rejected", reason=why)
 
     def _add_bar(self, ev: MinuteAgg, source: str) -> None:
         key = (ev.sym, ev.s)
@@ -189,7 +236,7 @@ class Pipeline:
                     continue
                 pop = self.trades.popleft
                 batch = [pop() for _ in range(n)]
-                rows = [trade_row(ev) for ev in batch]
+                rows = trade_rows(batch)
                 last_ms = batch[-1].t
                 del batch
             self._busy += 1
@@ -273,5 +320,5 @@ class Pipeline:
     def status(self) -> dict[str, Any]:
         return {"received": self.received, "written_trades": self.written_trades, "written_bars": self.written_bars,
                 "written_daily_bars": self.written_daily, "queue_depth": self.depth(), "queue_size": self.queue_size,
-                "dropped": self.dropped, "write_errors": self.write_errors, "db_ok": self.db_ok,
+                "dropped": self.dropped, "rejected": self.rejected, "write_errors": self.write_errors, "db_ok": self.db_ok,
                 "last_error": self.last_error, "lag_ms": None if self.lag_ms is None else round(self.lag_ms, 1)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import msgspec
+from msgspec import Raw
 
 from app.market.feeds.events import MinuteAgg, Quote, Trade
 from app.market.snapshot import Snapshot
@@ -78,6 +79,20 @@ class FeedBar(msgspec.Struct, tag_field="type", tag="bar"):
     low: str
     close: str
     volume: int
+
+
+_PRICE_STR: dict[float, bytes] = {}
+_TRADE_FMT = b'{"type":"trade","symbol":%s,"price":"%s","size":%d,"ts":%d}'
+_SYMBOLS_JSON: dict[str, bytes] = {}
+
+
+def _json_str(s: str) -> bytes:
+    b = _SYMBOLS_JSON.get(s)
+    if b is None:
+        if len(_SYMBOLS_JSON) > 50_000:
+            _SYMBOLS_JSON.clear()
+        b = _SYMBOLS_JSON[s] = msgspec.json.encode(s)
+    return b
 
 
 class QuoteBook:
@@ -204,8 +219,21 @@ class QuoteBook:
         trades, self.out_trades = self.out_trades, {}
         quotes, self.out_quotes = self.out_quotes, {}
         bars, self.out_bars = self.out_bars, {}
+        strs = _PRICE_STR
+        if len(strs) > 100_000:
+            strs.clear()
         for sym, evs in trades.items():
-            out.setdefault(sym, {})["trades"] = [FeedTrade(sym, repr(e.p), e.s, e.t) for e in evs]
+            # Trades are the bulk: their JSON is formatted directly (same shape as FeedTrade).
+            jsym = _json_str(sym)
+            lst = []
+            append = lst.append
+            for e in evs:
+                p = e.p
+                ps = strs.get(p)
+                if ps is None:
+                    ps = strs[p] = repr(p).encode()
+                append(Raw(_TRADE_FMT % (jsym, ps, e.s, e.t)))
+            out[sym] = {"trades": lst}
         for sym, q in quotes.items():
             st = self.states[sym]
             change = change_pct = None

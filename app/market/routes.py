@@ -13,6 +13,7 @@ from typing import Any
 from litestar import Router, get
 from litestar.params import Parameter
 
+from app.auth.guards import admin_only
 from app.cache import CacheUnavailable
 from app.context import AppContext
 from app.db import Database, sql_file
@@ -211,6 +212,14 @@ async def get_overview(ctx: AppContext, top: int = Parameter(default=5, ge=1, le
                     breadth=breadth)
 
 
+@get("/status", guards=[admin_only], summary="Market service status (admins)")
+async def get_status(ctx: AppContext) -> dict[str, Any]:
+    service = ctx.services.get("market")
+    if service is None:
+        raise AppError("the market service is not running", status_code=503)
+    return service.status()
+
+
 market_router = Router(path="/api/markets", route_handlers=[list_assets, get_asset, get_quotes, get_history,
-                                                            get_breadth, get_overview], tags=["markets"])
+                                                            get_breadth, get_overview, get_status], tags=["markets"])
 route_handlers: list = [market_router]

@@ -53,6 +53,7 @@ class MarketService:
         self._election: asyncio.Task | None = None
         self._rate_task: asyncio.Task | None = None
         self._rates = {"events_per_second": 0.0, "written_per_second": 0.0}
+        self.loop_lag_ms = 0.0
         self._err_log = RateLimitedLog(log)
         self.encoder = msgspec.json.Encoder()
 
@@ -276,8 +277,15 @@ class MarketService:
     async def _measure_rates(self) -> None:
         last_r = last_w = 0
         last_p: Pipeline | None = None
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(1.0)
+            # event-loop lag: how late 20 sleeps of 50 ms wake up (a blocked loop delays every client)
+            worst = 0.0
+            for _ in range(20):
+                t0 = loop.time()
+                await asyncio.sleep(0.05)
+                worst = max(worst, loop.time() - t0 - 0.05)
+            self.loop_lag_ms = round(worst * 1000, 1)
             p = self.pipeline if self.is_leader else None
             if p is None:
                 self._rates = {"events_per_second": 0.0, "written_per_second": 0.0}
@@ -297,9 +305,11 @@ class MarketService:
             "leader_since": self.leader_since if self.is_leader else None,
             **self._rates,
             "lag_ms": p.lag_ms if p else None, "queue_depth": p.depth() if p else 0,
-            "dropped": p.dropped if p else 0, "rejected": self.decoder.rejected,
-            "last_rejection": self.decoder.last_error, "published_batches": self.published,
+            "dropped": p.dropped if p else 0,
+            "rejected": self.decoder.rejected + (p.rejected if p else 0),
+            "last_rejection": (p.last_rejection if p and p.last_rejection else None) or self.decoder.last_error, "published_batches": self.published,
             "publish_errors": self.publish_errors, "feed_error": self.feed_error,
+            "loop_lag_ms": self.loop_lag_ms,
             **self.hub.status(),
         }
         if p:

@@ -40,6 +40,7 @@ from app.market.ingest import RateLimitedLog
 log = logging.getLogger("app.market.stream")
 
 FEED_CHANNEL = "market:feed"
+REVOKED_CHANNEL = "auth:sessions:revoked"  # published by the auth domain when sessions end
 CHANNELS = ("trades", "quotes", "bars")
 AUTH_TIMEOUT = 10.0
 HEARTBEAT_INTERVAL = 15.0
@@ -78,11 +79,20 @@ _published_decoder = msgspec.json.Decoder(Published)
 
 
 class Batch:
-    __slots__ = ("events", "frames")
+    __slots__ = ("events", "frames", "texts")
 
     def __init__(self, events: dict[str, dict[str, list[msgspec.Raw]]]) -> None:
         self.events = events
         self.frames: dict[frozenset, list[bytes]] = {}
+        self.texts: dict[frozenset, str | None] = {}  # the whole frame, shared by equal subscribers
+
+    def text_for(self, signature: frozenset, order: tuple) -> str | None:
+        if signature in self.texts:
+            return self.texts[signature]
+        parts = self.parts_for(signature, order)
+        text = (b"[" + b",".join(parts) + b"]").decode() if parts else None
+        self.texts[signature] = text
+        return text
 
     def parts_for(self, signature: frozenset, order: tuple) -> list[bytes]:
         parts = self.frames.get(signature)
@@ -178,7 +188,11 @@ class FeedConnection:
         self.conflated += len(self.backlog)
         self.backlog = []
 
-    def _take_frame(self) -> bytes | None:
+    def _take_frame(self) -> str | None:
+        if len(self.backlog) == 1 and self.latest is None and not self.extra:  # the common case: shared text
+            b = self.backlog[0]
+            self.backlog = []
+            return b.text_for(self.signature, self.order)
         if self.latest is not None or len(self.backlog) > 1:
             if len(self.backlog) > 1 or self.latest is not None:
                 self._fold()
@@ -194,7 +208,7 @@ class FeedConnection:
             self.extra = []
         if not parts:
             return None
-        return b"[" + b",".join(parts) + b"]"
+        return (b"[" + b",".join(parts) + b"]").decode()
 
     async def writer(self) -> None:
         timeout = self.hub.ctx.settings.ws_slow_client_timeout
@@ -210,7 +224,7 @@ class FeedConnection:
                 continue
             try:
                 async with asyncio.timeout(timeout):
-                    await self.socket.send_data(frame.decode(), mode="text")
+                    await self.socket.send_data(frame, mode="text")
             except TimeoutError:
                 # Stop feeding it at once; the close frame goes out when its socket takes data again
                 # (or the protocol's ping timeout ends the connection).
@@ -269,8 +283,11 @@ class FeedHub:
     async def _consume(self) -> None:
         while True:
             try:
-                async for _channel, message in self.ctx.cache.subscribe([FEED_CHANNEL]):
-                    self.dispatch(message)
+                async for channel, message in self.ctx.cache.subscribe([FEED_CHANNEL, REVOKED_CHANNEL]):
+                    if channel == FEED_CHANNEL:
+                        self.dispatch(message)
+                    else:
+                        self.revoke(message)
             except asyncio.CancelledError:
                 raise
             except (CacheUnavailable, OSError) as exc:
@@ -293,6 +310,19 @@ class FeedHub:
         batch = Batch(published.e)
         for conn in self.connections:
             conn.offer(batch)
+
+    def revoke(self, message: bytes) -> None:
+        """A session ended (logout, password change, account disabled…): close its sockets."""
+        try:
+            body = _decode_any.decode(message)
+            ended = {str(s) for s in body.get("session_ids") or []}
+            reason = str(body.get("reason") or "session ended")
+        except (msgspec.DecodeError, AttributeError, TypeError):
+            return
+        for conn in list(self.connections):
+            if str(getattr(conn.user, "session_id", "")) in ended:
+                self.connections.discard(conn)
+                asyncio.create_task(conn.close(CLOSE_UNAUTHORIZED, f"session ended: {reason}"[:120]))
 
     async def known(self, symbols: list[str]) -> set[str]:
         if time.monotonic() - self._known_at > 30 or any(s not in self._known for s in symbols):

@@ -3,7 +3,8 @@ Pure: closes in, entries out (the CLI in app/portfolio/cli.py stores them).
 
 The story (2015 → the last bundled day): 60,000 deposited at the start and 1,000 every month; a
 core of SPY plus ten large caps bought at the close of their trade day (whole shares, 1.00 fee);
-monthly savings go to SPY and, in turn, one of the stocks; profits taken in AAPL in 2020 and 2021;
+monthly savings go to SPY and, in turn, one of the stocks; each January a position above 15 % of
+the portfolio is trimmed back to 12 %; profits taken in AAPL in 2020 and 2021;
 PFE sold out in 2023 and META bought; quarterly dividends (approximate yields, noted as such) on the
 dividend payers; a small yearly cash interest and an account fee. The bundled prices are
 split-adjusted, so the demo records no splits (a split entry would double-count them).
@@ -109,7 +110,19 @@ def build_demo_ledger(closes: Mapping[str, list[tuple[date, Decimal]]], *, start
                         if amount > 0:
                             add(TxType.DIVIDEND, d, hour=13, symbol=s, amount=amount, note="approximate yield")
                             cash += amount
-            if d.month == 1 and d.year > first.year:
+            if d.month == 1 and d.year > first.year:  # yearly rebalance: trim any position above 15 %
+                values = {sym: q * (price(sym, d) or Decimal(0)) for sym, q in held.items() if q > 0}
+                total = sum(values.values(), Decimal(0)) + cash
+                trimmed = set()
+                for sym, v in sorted(values.items()):
+                    if total > 0 and v / total > Decimal("0.15"):
+                        sell(sym, d, (v - total * Decimal("0.12")) / v, note="yearly rebalance")
+                        trimmed.add(sym)
+                spare = cash - total * Decimal("0.03")  # keep ~3 % cash, put the rest in the smallest
+                smallest = sorted((v, sym) for sym, v in values.items() if sym not in trimmed)[:3]
+                for _, sym in smallest:
+                    if spare > 100:
+                        buy(sym, d, spare / len(smallest), note="yearly rebalance")
                 interest = (cash * Decimal("0.01")).quantize(CENT)
                 if interest > 0:
                     add(TxType.INTEREST, d, hour=12, amount=interest, note="cash interest")

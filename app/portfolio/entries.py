@@ -123,7 +123,7 @@ def check_entry(raw: dict[str, Any], *, base_currency: str, now: datetime) -> tu
         errors.append(("currency", f"must be the portfolio's currency {base_currency} (no FX conversion)"))
     note = raw.get("note")
     if note is not None:
-        note = str(note)
+        note = str(note).strip()  # stored stripped, so that export → import gives the same note
         if len(note) > MAX_NOTE:
             errors.append(("note", f"at most {MAX_NOTE} characters"))
         note = note or None

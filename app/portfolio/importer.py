@@ -164,12 +164,9 @@ def check_rows(raws: list[tuple[int, dict[str, Any]]], *, base_currency: str, no
 def read_csv(text: str, max_rows: int) -> list[tuple[int, dict[str, Any]]]:
     if text.startswith("\ufeff"):
         text = text[1:]
-    sample = text[:4096]
-    try:
-        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample.strip() else csv.excel
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+    first_line = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=first_line.count)  # the header decides: notes may hold any character
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter if first_line.count(delimiter) else ",")
     try:
         header = next(reader)
     except StopIteration:

@@ -177,20 +177,27 @@ def _npv(rate: float, cfs: Sequence[tuple[date, float]]) -> float:
 def xirr(cfs: Sequence[tuple[date, float]], *, tol: float = 1e-10, max_iter: int = 300) -> float | None:
     """The annual rate at which the cash flows' net present value is zero, by bisection on a bracket.
 
-    None when the flows do not change sign, span no time, or no root lies in (−99.9999 %, 10^6 %).
+    None when the flows do not change sign, span no time, or no root lies in (−99 %, ~10^6 %).
     """
+    try:
+        return _xirr(cfs, tol, max_iter)
+    except (OverflowError, ZeroDivisionError):
+        return None
+
+
+def _xirr(cfs: Sequence[tuple[date, float]], tol: float, max_iter: int) -> float | None:
     cfs = sorted(((d, a) for d, a in cfs if a != 0), key=lambda x: x[0])
     if len(cfs) < 2 or not (any(a > 0 for _, a in cfs) and any(a < 0 for _, a in cfs)):
         return None
     if (cfs[-1][0] - cfs[0][0]).days == 0:
         return None
-    lo, hi = -0.9999, 1.0
+    lo, hi = -0.99, 1.0  # −99 %/year: the discount factor stays finite over any span since 1900
     f_lo = _npv(lo, cfs)
     f_hi = _npv(hi, cfs)
     while f_lo * f_hi > 0 and hi < 1e4:
         hi *= 4
         f_hi = _npv(hi, cfs)
-    if f_lo * f_hi > 0 or math.isnan(f_lo) or math.isnan(f_hi):
+    if math.isnan(f_lo) or math.isnan(f_hi) or f_lo * f_hi > 0:
         return None
     for _ in range(max_iter):
         mid = (lo + hi) / 2

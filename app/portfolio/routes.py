@@ -127,6 +127,8 @@ async def _upload(request: Request[Any, Any, Any], limit: int) -> tuple[bytes, s
         raise AppError(f"the file is larger than {limit} bytes", status_code=413, field="file")
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
+        if not (length and length.isdigit()):  # the form parser reads everything: know the size first
+            raise AppError("a multipart upload needs a Content-Length", status_code=411, field="file")
         form = await request.form()
         upload = form.get("file")
         if upload is None or not hasattr(upload, "read"):
@@ -180,10 +182,11 @@ async def import_transactions(request: AuthRequest, ctx: AppContext, portfolio_i
         errors.extend((entries[k][0], f, m) for f, m in errs)
     bad_lines = {line for line, _, _ in errors}
     good = [(line, e) for line, e in entries if line not in bad_lines]
-    version = None
-    if not errors:
-        ledger_errors, version = await service.import_entries(ctx, portfolio_id, request.user.id, good, dry_run=dry)
-        errors.extend(ledger_errors)
+    # the ledger check runs on the good rows even when others are bad, so that one pass reports
+    # every problem (a sale may then look uncovered only because its purchase row is among the bad)
+    ledger_errors, version = await service.import_entries(ctx, portfolio_id, request.user.id, good,
+                                                          dry_run=dry or bool(errors))
+    errors.extend(ledger_errors)
     errors.sort(key=lambda e: (e[0], e[1] or ""))
     by_type: dict[str, int] = {}
     for _, e in entries:

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import math
 import time
 import uuid
 import weakref
@@ -50,6 +51,8 @@ IDEMPOTENCY_TTL = 24 * 3600
 IDEMPOTENCY_TAKEOVER = 60.0  # an in-flight claim older than this (a crashed request) may be taken over
 STATE_CACHE_SIZE = 512
 LEDGER_CACHE_SIZE = 32
+MAX_PORTFOLIOS_PER_USER = 100
+MAX_ENTRIES_PER_PORTFOLIO = 200_000  # replaying a ledger this long takes ~1 s; split portfolios beyond it
 RANGES = ("1w", "1m", "3m", "ytd", "1y", "3y", "max")
 
 HoldingsView = Valuation  # contract names: .cash, .holdings (list[HoldingView]), .total_value
@@ -126,6 +129,9 @@ async def create_portfolio(ctx: AppContext, user_id: uuid.UUID, data: PortfolioI
     if len(currency) != 3 or not currency.isalpha() or not currency.isascii():
         raise AppError("base_currency must be a three-letter ISO 4217 code", field="base_currency")
     async with ctx.db.transaction() as conn:
+        await conn.execute(q("lock_user_portfolios"), str(user_id))  # the count below holds under concurrency
+        if await conn.fetchval(q("count_portfolios"), user_id) >= MAX_PORTFOLIOS_PER_USER:
+            raise Conflict(f"at most {MAX_PORTFOLIOS_PER_USER} portfolios per user")
         row = await conn.fetchrow(q("create_portfolio"), user_id, name, currency, data.cost_basis_method)
         state = LedgerState(method=CostMethod(data.cost_basis_method))
         await conn.execute(q("upsert_state"), row["id"], row["ledger_version"],
@@ -144,7 +150,10 @@ async def update_portfolio(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uu
         row = await conn.fetchrow(q("update_portfolio"), portfolio_id, user_id, name or row["name"], method)
         if patch.cost_basis_method is not None:
             txs = [tx_from_row(r) for r in await conn.fetch(q("ledger"), portfolio_id)]
-            state = replay(txs, method)
+            try:
+                state = replay(txs, method)
+            except LedgerError as err:  # not expected: the methods differ in cost only
+                raise _ledger_conflict(err, set()) from None
             await _store_state(conn, portfolio_id, state, None)
             row = await conn.fetchrow(q("get_owned_portfolio"), portfolio_id, user_id)
     if patch.cost_basis_method is not None:
@@ -296,21 +305,22 @@ class Valued:
     memo: dict[str, Any]  # per (version, prices): derived outputs (e.g. the encoded summary) may be kept here
 
 
-_STORED_PRICES: dict[str, tuple[float, Any]] = {}
+_PRICE_MEMO: dict[str, tuple[float, Any]] = {}
 STORED_PRICE_TTL = 5.0  # a price from a stored bar changes only when a bar is written
+LIVE_PRICE_TTL = 0.1  # a live quote is re-read from the quote cache at most this late
 
 
 async def _prices(ctx: AppContext, symbols: list[str]) -> dict[str, Any]:
-    """Latest prices from the market domain's quote cache. Prices that came from stored bars (stale:
-    no live quote) are remembered for a few seconds, so that a portfolio of unquoted symbols does
-    not query the bars on every request; live quotes are read every time."""
+    """Latest prices from the market domain's quote cache, memoized per process: live quotes for
+    0.1 s (so that a burst of requests reads the cache once, not once each), prices that came from
+    stored bars (no live quote) for 5 s."""
     from app.market.prices import latest_prices
 
     now = time.monotonic()
     out: dict[str, Any] = {}
     wanted = []
     for sym in symbols:
-        memo = _STORED_PRICES.get(sym)
+        memo = _PRICE_MEMO.get(sym)
         if memo is not None and memo[0] > now:
             out[sym] = memo[1]
         else:
@@ -319,10 +329,7 @@ async def _prices(ctx: AppContext, symbols: list[str]) -> dict[str, Any]:
         fresh = await latest_prices(ctx, wanted)
         for sym, p in fresh.items():
             out[sym] = p
-            if p.stale:
-                _STORED_PRICES[sym] = (now + STORED_PRICE_TTL, p)
-            else:
-                _STORED_PRICES.pop(sym, None)
+            _PRICE_MEMO[sym] = (now + (STORED_PRICE_TTL if p.stale else LIVE_PRICE_TTL), p)
     return out
 
 
@@ -406,10 +413,25 @@ def _ledger_conflict(err: LedgerError, new_ids: set[Any]) -> AppError:
     return AppError(prefix + err.message, field=err.field)
 
 
+_ASSET_CURRENCY: dict[str, tuple[float, str]] = {}
+ASSET_TTL = 60.0  # known assets and their currency, per process (unknown symbols are asked every time)
+
+
 async def _asset_currencies(db: Any, symbols: Sequence[str]) -> dict[str, str]:
-    if not symbols:
-        return {}
-    return {r["symbol"]: r["currency"] for r in await db.fetch(q("asset_currencies"), list(symbols))}
+    now = time.monotonic()
+    out: dict[str, str] = {}
+    missing = []
+    for sym in symbols:
+        hit = _ASSET_CURRENCY.get(sym)
+        if hit is not None and hit[0] > now:
+            out[sym] = hit[1]
+        else:
+            missing.append(sym)
+    if missing:
+        for r in await db.fetch(q("asset_currencies"), missing):
+            out[r["symbol"]] = r["currency"]
+            _ASSET_CURRENCY[r["symbol"]] = (now + ASSET_TTL, r["currency"])
+    return out
 
 
 def _raise_field_errors(errors: list[tuple[str, str]], status: int = 400) -> None:
@@ -469,7 +491,7 @@ async def add_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uui
                 raise Unprocessable("this Idempotency-Key was used with a different request body",
                                     field="Idempotency-Key")
             elif prior["status"] == "done":
-                return Posted(prior["response_status"], msgspec.json.encode(prior["response_body"]), True)
+                return Posted(prior["response_status"], prior["response_body"].encode(), True)
             elif await ctx.db.fetchval(q("idem_take_over"), user_id, portfolio_id, key, digest,
                                        IDEMPOTENCY_TAKEOVER) is None:
                 raise Conflict("a request with this Idempotency-Key is in flight; retry later",
@@ -488,6 +510,8 @@ async def add_transaction(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uui
                 state = hit.state  # never mutated: evolve() copies what it changes
             else:
                 state, _ = await _load_state(conn, portfolio_id, method)
+            if state.count >= MAX_ENTRIES_PER_PORTFOLIO:
+                raise Conflict(f"a portfolio holds at most {MAX_ENTRIES_PER_PORTFOLIO} transactions")
             row = await conn.fetchrow(q("insert_transaction"), portfolio_id, *_entry_args(entry))
             tx = tx_from_row(row)
             try:
@@ -552,6 +576,8 @@ async def import_entries(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid
         if locked is None:
             raise NotFound("portfolio not found")
         existing = [tx_from_row(r) for r in await conn.fetch(q("ledger"), portfolio_id)]
+        if len(existing) + len(rows) > MAX_ENTRIES_PER_PORTFOLIO:
+            raise Conflict(f"a portfolio holds at most {MAX_ENTRIES_PER_PORTFOLIO} transactions", field="file")
         base = max((t.seq for t in existing), default=0)
         new = [e.to_tx(seq=base + k + 1, id=("new", line)) for k, (line, e) in enumerate(rows)]
         state = LedgerState(method=CostMethod(locked["cost_basis_method"]))
@@ -687,13 +713,36 @@ async def _series(ctx: AppContext, txs: list[Tx], method: str, start: date | Non
     return series, closes
 
 
+_SERIES: OrderedDict[tuple, tuple[float, DailySeries, dict[str, list[tuple[date, Decimal]]]]] = OrderedDict()
+SERIES_TTL = 30.0  # closes change during the day (today's live close), the ledger by version
+SERIES_CACHE_SIZE = 64
+
+
+async def _series_cached(ctx: AppContext, portfolio_id: uuid.UUID, version: int, method: str, start: date | None,
+                         end: date | None, extra_symbols: Sequence[str] = (), with_weights: bool = False
+                         ) -> tuple[DailySeries, dict[str, list[tuple[date, Decimal]]]]:
+    key = (portfolio_id, version, method, start, end, tuple(extra_symbols), with_weights)
+    now = time.monotonic()
+    hit = _SERIES.get(key)
+    if hit is not None and hit[0] > now:
+        _SERIES.move_to_end(key)
+        return hit[1], hit[2]
+    txs = await _ledger_txs(ctx, portfolio_id, version)
+    series, closes = await _series(ctx, txs, method, start, end, extra_symbols, with_weights)
+    _SERIES[key] = (now + SERIES_TTL, series, closes)
+    while len(_SERIES) > SERIES_CACHE_SIZE:
+        _SERIES.popitem(last=False)
+    return series, closes
+
+
 async def portfolio_daily_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID,
                                  start: date | None = None, end: date | None = None) -> DailySeries:
     """Contract: the daily value series (market value + cash), net flows, time-weighted daily
-    returns (flows removed) and weights per symbol, from `start` (default: the first entry)."""
+    returns (flows removed) and weights per symbol, from `start` (default: the first entry).
+
+    Cached per (portfolio, ledger version, range) for 30 s: treat the result as read-only."""
     version, method = await _owned_version(ctx, portfolio_id, user_id)
-    txs = await _ledger_txs(ctx, portfolio_id, version)
-    series, _ = await _series(ctx, txs, method, start, end, with_weights=True)
+    series, _ = await _series_cached(ctx, portfolio_id, version, method, start, end, with_weights=True)
     return series
 
 
@@ -722,7 +771,7 @@ async def performance(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UU
     end = max(end_candidates)
     start = range_start(rng, end, txs[0].executed_at.date())
     start = max(start, txs[0].executed_at.date()) if start else txs[0].executed_at.date()
-    series, closes = await _series(ctx, txs, method, start, end, [bench] if bench else [])
+    series, closes = await _series_cached(ctx, portfolio_id, version, method, start, end, [bench] if bench else [])
     dates = series.dates
     twr = perf.chain(series.returns) if series.returns else None
     span = (dates[-1] - dates[0]).days if dates else 0
@@ -735,18 +784,20 @@ async def performance(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UU
         base = float(firsts[0]) if firsts else None
         values = [None if a is None or not base else float(a) / base * 100 for a in aligned]
         total = (float(firsts[-1]) / base - 1) if firsts and base else None
-        bench_out = BenchmarkOut(symbol=bench, values=values,
-                                 total_return=pct(Decimal(repr(total * 100))) if total is not None else None)
+        bench_out = BenchmarkOut(symbol=bench, values=values, total_return=None)
 
     def ratio(x: float | None) -> str | None:
-        return None if x is None or x != x else pct(Decimal(repr(x * 100)))
+        return None if x is None or not math.isfinite(x) else pct(Decimal(repr(x * 100)))
 
-    return PerformanceOut(
+    out = PerformanceOut(
         portfolio_id=portfolio_id, range=rng, start=dates[0] if dates else None, end=dates[-1] if dates else None,
         dates=dates, values=[dec(v, 2) for v in series.values],  # type: ignore[misc]
         net_flows=[dec(f, 2) for f in series.net_flows], net_contributions=[dec(c, 2) for c in series.contributions],  # type: ignore[misc]
         twr_index=[round(x, 6) for x in perf.cumulative_index(series.returns)] if dates else [],
         time_weighted_return=ratio(twr), time_weighted_return_annualized=ratio(twr_ann),
         money_weighted_return=ratio(mwr), benchmark=bench_out)
+    if bench_out is not None:
+        bench_out.total_return = ratio(total)
+    return out
 
 

@@ -142,6 +142,22 @@ async def test_feed_authentication(feed_app):
         assert ack["type"] == "ack" and ack["action"] == "auth" and ack["max_symbols"] == 20
 
 
+async def test_logout_closes_the_sessions_sockets(feed_app):
+    token, h = await register(feed_app)
+    async with websockets.connect(ws_url(feed_app, token)) as ws:
+        await recv_json(ws)
+        async with httpx.AsyncClient(base_url=feed_app.base_url, headers=h) as c:
+            assert (await c.post("/api/auth/logout")).status_code == 204
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd.code == 4401 and "session ended" in closed.value.rcvd.reason
+    async with websockets.connect(ws_url(feed_app, token)) as ws:  # and the token no longer opens one
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd.code == 4401
+
+
 async def test_subscribe_batches_and_unsubscribe(feed_app):
     token, _ = await register(feed_app)
     async with websockets.connect(ws_url(feed_app, token)) as ws:

@@ -69,6 +69,17 @@ async def test_crud_and_ownership(client: AsyncTestClient, user: TestUser) -> No
     assert (await client.get(f"/api/portfolio/{pid}", headers=user.headers)).status_code == 404
 
 
+async def test_portfolio_limit_per_user(client: AsyncTestClient, user: TestUser) -> None:
+    from app.portfolio.service import MAX_PORTFOLIOS_PER_USER
+
+    rs = await asyncio.gather(*[client.post("/api/portfolio", json={"name": f"p{k}"}, headers=user.headers)
+                                for k in range(MAX_PORTFOLIOS_PER_USER + 5)])
+    assert sorted(r.status_code for r in rs) == [201] * MAX_PORTFOLIOS_PER_USER + [409] * 5
+    assert len((await client.get("/api/portfolio", headers=user.headers)).json()) == MAX_PORTFOLIOS_PER_USER
+    r = await client.post("/api/portfolio", json={"name": "  "}, headers=user.headers)
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "name"
+
+
 async def test_ledger_holdings_summary(client: AsyncTestClient, user: TestUser) -> None:
     pid = await new_portfolio(client, user)
     await post_tx(client, user, pid, {"type": "deposit", "amount": "10000", "executed_at": day("2024-01-02")})
@@ -181,6 +192,14 @@ BAD = [
     ({"type": "deposit", "amount": "1", "colour": "red"}, "colour", 400),
     ({"type": "split", "symbol": "AAPL", "ratio": "0"}, "ratio", 400),
     ({"type": "buy", "symbol": "AAPL", "quantity": "1e20", "price": "1"}, "quantity", 400),
+    ({"type": "buy", "symbol": "AAPL", "quantity": [1], "price": "1"}, "quantity", 400),
+    ({"type": None, "amount": "1"}, "type", 400),
+    ({"amount": "1"}, "type", 400),
+    ({"type": "deposit", "amount": "1", "executed_at": "yesterday"}, "executed_at", 400),
+    ({"type": "deposit", "amount": "1", "executed_at": "1850-01-01"}, "executed_at", 400),
+    ({"type": "buy", "symbol": "AAPL; DROP TABLE", "quantity": "1", "price": "1"}, "symbol", 400),
+    ({"type": "deposit", "amount": "1", "note": "x" * 501}, "note", 400),
+    ({"type": "withdrawal", "amount": "5"}, "amount", 409),
 ]
 
 
@@ -202,7 +221,7 @@ async def test_idempotency(client: AsyncTestClient, user: TestUser, database_url
     body = {"type": "deposit", "amount": "100"}
     first = await post_tx(client, user, pid, body, key="k-1")
     again = await post_tx(client, user, pid, body, key="k-1")
-    assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true"
+    assert again.content == first.content and again.headers.get("idempotent-replayed") == "true"
     r = await post_tx(client, user, pid, {"type": "deposit", "amount": "101"}, key="k-1", expect=422)
     assert r.json()["errors"][0]["field"] == "Idempotency-Key"
     page = (await client.get(f"/api/portfolio/{pid}/transactions", headers=user.headers)).json()
@@ -245,23 +264,74 @@ async def test_in_flight_same_body_is_409(client: AsyncTestClient, user: TestUse
     assert "in flight" in r.json()["detail"]
 
 
+async def check_consistent(client: AsyncTestClient, user: TestUser, pid: str) -> dict[str, Any]:
+    """The stored holdings equal a fresh replay of the exported ledger."""
+    from app.portfolio.importer import check_rows, read_json, split_errors
+    from app.portfolio.ledger import replay
+
+    exported = (await client.get(f"/api/portfolio/{pid}/export?format=json", headers=user.headers)).json()
+    rows, _ = split_errors(read_json(__import__("msgspec").json.encode(exported), 100_000))
+    good, bad = check_rows(rows, base_currency="USD", now=datetime.now(UTC) + timedelta(minutes=5))
+    assert not bad
+    state = replay([e.to_tx(seq=k) for k, (_, e) in enumerate(good)], exported["portfolio"]["cost_basis_method"])
+    h = (await client.get(f"/api/portfolio/{pid}/holdings", headers=user.headers)).json()
+    assert Decimal(h["cash"]) == state.cash
+    assert {x["symbol"]: Decimal(x["quantity"]) for x in h["holdings"]} == \
+        {p.symbol: p.quantity for p in state.positions.values() if p.lots}
+    return h
+
+
 async def test_concurrent_trades_keep_a_consistent_ledger(client: AsyncTestClient, user: TestUser) -> None:
     pid = await new_portfolio(client, user)
-    await post_tx(client, user, pid, {"type": "buy", "symbol": "AAPL", "quantity": "30", "price": "100"})
-    sells = [post_tx(client, user, pid, {"type": "sell", "symbol": "AAPL", "quantity": "1", "price": "101"},
-                     expect=None) for _ in range(40)]
+    start = datetime.now(UTC) - timedelta(days=30)
+    await post_tx(client, user, pid, {"type": "buy", "symbol": "AAPL", "quantity": "30", "price": "100",
+                                      "executed_at": start.isoformat()})
+    # 40 sales of one share — half "now", half back-dated into the last 30 days (full replays) — and 10 buys
+    sells = [post_tx(client, user, pid, {"type": "sell", "symbol": "AAPL", "quantity": "1", "price": "101",
+                                         **({"executed_at": (start + timedelta(days=1 + k % 28)).isoformat()}
+                                            if k % 2 else {})}, expect=None) for k in range(40)]
     buys = [post_tx(client, user, pid, {"type": "buy", "symbol": "JPM", "quantity": "1", "price": "10"},
                     expect=None) for _ in range(10)]
     rs = await asyncio.gather(*sells, *buys)
     codes = [r.status_code for r in rs]
     assert codes[:40].count(201) == 30 and codes[:40].count(409) == 10, codes
     assert codes[40:] == [201] * 10
-    h = {x["symbol"]: x for x in (await client.get(f"/api/portfolio/{pid}/holdings", headers=user.headers)).json()["holdings"]}
-    assert "AAPL" not in h and h["JPM"]["quantity"] == "10"
+    h = await check_consistent(client, user, pid)
+    by = {x["symbol"]: x for x in h["holdings"]}
+    assert "AAPL" not in by and by["JPM"]["quantity"] == "10"
     page = (await client.get(f"/api/portfolio/{pid}/transactions?limit=500", headers=user.headers)).json()
     assert len(page["items"]) == 41
     p = (await client.get(f"/api/portfolio/{pid}", headers=user.headers)).json()
     assert p["ledger_version"] == 41
+
+
+async def test_concurrent_trades_across_two_processes(client: AsyncTestClient, user: TestUser,
+                                                      test_env: dict[str, str]) -> None:
+    """The in-process queue only orders one process; the row lock must hold across replicas."""
+    import httpx
+
+    from tests.support.services import AppProcess
+
+    pid = await new_portfolio(client, user)
+    await post_tx(client, user, pid, {"type": "buy", "symbol": "XOM", "quantity": "20", "price": "100"})
+    servers = [AppProcess(test_env), AppProcess(test_env)]
+    for server in servers:
+        server.start(wait=60)
+    try:
+        clients = [httpx.AsyncClient(base_url=s.base_url, timeout=60) for s in servers]
+        body = {"type": "sell", "symbol": "XOM", "quantity": "1", "price": "99"}
+        url = f"/api/portfolio/{pid}/transactions"
+        await asyncio.gather(*[c.get("/health/live") for c in clients])
+        rs = await asyncio.gather(*[clients[k % 2].post(url, json=body, headers=user.headers) for k in range(30)])
+        for c in clients:
+            await c.aclose()
+    finally:
+        for server in servers:
+            server.stop()
+    codes = [r.status_code for r in rs]
+    assert codes.count(201) == 20 and codes.count(409) == 10, codes
+    h = await check_consistent(client, user, pid)
+    assert h["holdings"] == []
 
 
 async def test_performance(client: AsyncTestClient, user: TestUser) -> None:
@@ -319,6 +389,10 @@ async def test_import_export_round_trip(client: AsyncTestClient, user: TestUser)
     assert r.status_code == 200, r.text
     again = await client.get(f"/api/portfolio/{pid2}/export?format=csv", headers=user.headers)
     assert again.text == exported.text
+    pid4 = await new_portfolio(client, user)  # the same file as a multipart upload
+    r = await client.post(f"/api/portfolio/{pid4}/import", files={"file": ("ledger.csv", exported.text, "text/csv")},
+                          headers=user.headers)
+    assert r.status_code == 200 and r.json()["imported"] == 5, r.text
     as_json = (await client.get(f"/api/portfolio/{pid}/export?format=json", headers=user.headers)).json()
     pid3 = await new_portfolio(client, user)
     r = await client.post(f"/api/portfolio/{pid3}/import", json=as_json, headers=user.headers)
@@ -349,8 +423,8 @@ async def test_import_reports_every_bad_row_and_writes_nothing(client: AsyncTest
                               headers={**user.headers, "Content-Type": "text/csv"})
         assert r.status_code == (200 if dry == "true" else 422), r.text
         errors = {(e["line"], e["field"]) for e in r.json()["errors"]}
-        assert {(3, "executed_at"), (4, "type"), (5, "symbol"), (6, "quantity"), (7, "price"),
-                (8, "executed_at")} <= errors, errors
+        assert errors == {(3, "executed_at"), (4, "type"), (5, "symbol"), (6, "quantity"), (7, "price"),
+                          (8, "executed_at"), (9, "quantity")}, errors
         assert not r.json()["valid"]
     # the oversell is found by the ledger check once the other rows are fixed
     good = "date,type,symbol,quantity,price\n2024-01-02,buy,AAPL,10,100\n2024-01-07,sell,AAPL,50,100\n"
@@ -386,3 +460,63 @@ async def test_pnl_today_counts_todays_trade_at_its_price(client: AsyncTestClien
     s = (await client.get(f"/api/portfolio/{pid}/summary", headers=user.headers)).json()
     expected = 10 * (price - prev) + 5 * (price - 80) - 1
     assert Decimal(s["pnl_today"]["amount"]) == expected
+
+
+async def test_contract_for_other_domains(client: AsyncTestClient, user: TestUser, settings: Any) -> None:
+    """The names analytics/optimizer build against: get_owned_portfolio, get_holdings,
+    portfolio_daily_series, ledger_version, and the publication on portfolio:{id}."""
+    from app.cache import create_cache
+    from app.context import AppContext
+    from app.db import Database, create_pool
+    from app.errors import NotFound
+    from app.portfolio import service
+
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    ctx = AppContext(settings=settings, db=Database(pool), cache=create_cache(settings.redis_url))
+    try:
+        await _contract(client, user, ctx, service, NotFound)
+    finally:
+        await ctx.cache.close()
+        await pool.close()
+
+
+async def _contract(client: AsyncTestClient, user: TestUser, ctx: Any, service: Any, NotFound: Any) -> None:
+    pid = await new_portfolio(client, user)
+    await post_tx(client, user, pid, {"type": "deposit", "amount": "5000", "executed_at": day("2024-03-01")})
+    await post_tx(client, user, pid, {"type": "buy", "symbol": "AAPL", "quantity": "10", "price": "180",
+                                      "executed_at": day("2024-03-04")})
+    p = await service.get_owned_portfolio(ctx.db, uuid.UUID(pid), user.id)
+    assert p.name == "Main" and p.cost_basis_method == "fifo"
+    with pytest.raises(NotFound):
+        await service.get_owned_portfolio(ctx.db, uuid.UUID(pid), uuid.uuid4())
+    view = await service.get_holdings(ctx, uuid.UUID(pid), user.id)
+    assert view.cash == Decimal(3200) and view.holdings[0].symbol == "AAPL"
+    assert view.total_value == view.cash + view.holdings[0].market_value
+    series = await service.portfolio_daily_series(ctx, uuid.UUID(pid), user.id)
+    assert len(series.returns) == len(series.dates) - 1 and len(series.values) == len(series.dates) > 100
+    assert all(isinstance(v, Decimal) for v in series.values) and series.net_flows[0] == 0
+    assert set(series.weights_by_symbol) == {"AAPL"} and len(series.weights_by_symbol["AAPL"]) == len(series.dates)
+    version = await service.ledger_version(ctx, uuid.UUID(pid))
+    assert version == 2
+
+    async def first_message() -> bytes:
+        async for _, message in ctx.cache.subscribe([f"portfolio:{pid}"]):
+            return message
+        raise AssertionError
+
+    waiter = asyncio.create_task(first_message())
+    await asyncio.sleep(0.3)
+    await post_tx(client, user, pid, {"type": "deposit", "amount": "1"})
+    import msgspec
+    msg = msgspec.json.decode(await asyncio.wait_for(waiter, 5))
+    assert msg == {"event": "ledger", "portfolio_id": pid, "ledger_version": 3}
+
+
+async def test_openapi_lists_the_portfolio_api(client: AsyncTestClient) -> None:
+    r = await client.get("/schema/openapi.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    for path in ("/api/portfolio", "/api/portfolio/{portfolio_id}/transactions", "/api/portfolio/{portfolio_id}/summary",
+                 "/api/portfolio/{portfolio_id}/performance", "/api/portfolio/{portfolio_id}/import",
+                 "/api/portfolio/{portfolio_id}/export"):
+        assert path in paths, path

@@ -125,3 +125,7 @@ def test_helpers() -> None:
     assert align(series, [D0 - timedelta(days=1), D0, D0 + timedelta(days=1), D0 + timedelta(days=3)]) == \
         [None, Decimal(1), Decimal(1), Decimal(2)]
     assert not math.isnan(xirr([(D0, -1.0), (D0 + timedelta(days=3650), 1e6)]) or 0)
+    # 126 years of flows (the earliest date allowed is 1900) with a total loss: no overflow, no 500
+    long = [(date(1900, 1, 1), -1e13), (date(1960, 1, 1), -1e13), (date(2026, 1, 1), 1.0)]
+    rate = xirr(long)
+    assert rate is None or -1 < rate < 0

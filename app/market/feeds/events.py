@@ -2,7 +2,8 @@
 
 Polygon frames are JSON arrays of events tagged by `ev`. `FrameDecoder.decode(frame)` returns the
 valid events and counts the rejected ones: malformed JSON, unknown `ev`, missing fields, NaN or
-non-positive prices, absurd sizes or timestamps. The fast path decodes a whole frame with one
+non-positive prices, absurd sizes or timestamps (crossed quotes and inconsistent bars are rejected
+by the pipeline, which looks at each event's type anyway). The fast path decodes a whole frame with one
 typed msgspec call; only a frame with a bad event falls back to event-by-event decoding.
 """
 
@@ -30,8 +31,8 @@ class Trade(msgspec.Struct, tag_field="ev", tag="T", array_like=False, gc=False)
     x: int | None = None
     i: str | None = None
     z: int | None = None
-    c: list[int] | None = None
     q: int | None = None
+    # `c` (condition codes) and `trfi`/`trft` are not stored: skipped by the decoder without allocating.
 
 
 class Quote(msgspec.Struct, tag_field="ev", tag="Q", gc=False):
@@ -97,7 +98,7 @@ class FrameDecoder:
             self.rejected += 1
             self.last_error = f"malformed frame: {exc}"
             return []
-        return self._check(events)
+        return events
 
     def _slow(self, frame: bytes | str) -> list[Event]:
         try:
@@ -113,28 +114,4 @@ class FrameDecoder:
             except msgspec.DecodeError as exc:
                 self.rejected += 1
                 self.last_error = f"bad event: {exc}"
-        return self._check(out)
-
-    def _check(self, events: list[Event]) -> list[Event]:
-        # Rules msgspec constraints cannot express: a crossed or empty-sided quote, an inconsistent bar.
-        bad = 0
-        for ev in events:
-            if type(ev) is Quote:
-                if ev.bp > 0 and ev.ap > 0 and ev.bp > ev.ap * 1.5:
-                    bad += 1
-            elif type(ev) is MinuteAgg:
-                if not (ev.l <= ev.o <= ev.h and ev.l <= ev.c <= ev.h):
-                    bad += 1
-        if not bad:
-            return events
-        kept: list[Event] = []
-        for ev in events:
-            if type(ev) is Quote and ev.bp > 0 and ev.ap > 0 and ev.bp > ev.ap * 1.5:
-                self.rejected += 1
-                self.last_error = f"crossed quote for {ev.sym}"
-            elif type(ev) is MinuteAgg and not (ev.l <= ev.o <= ev.h and ev.l <= ev.c <= ev.h):
-                self.rejected += 1
-                self.last_error = f"inconsistent bar for {ev.sym}"
-            else:
-                kept.append(ev)
-        return kept
+        return out
