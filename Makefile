@@ -16,6 +16,9 @@ migrate: setup
 db-start: setup
 	.venv/bin/python -m app db start
 
+seed-demo: setup
+	.venv/bin/python -m app seed-demo
+
 db-stop:
 	.venv/bin/python -m app db stop
 

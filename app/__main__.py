@@ -14,6 +14,7 @@ from app.config import ConfigError, Settings, load_settings
 COMMAND_MODULES: list[str] = [
     "app.auth.cli",
     "app.market.cli",
+    "app.portfolio.cli",
 ]
 
 
@@ -53,13 +54,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from app.logs import configure_logging
 
     configure_logging(settings.log_level)
-    uvicorn.run(
+    from app.system.shutdown import GracefulServer
+
+    config = uvicorn.Config(
         "app.asgi:create_app", factory=True,
         host=args.host or settings.host, port=args.port or settings.port,
         loop="uvloop", http="httptools", ws="websockets-sansio", lifespan="on",
         log_config=None, access_log=False, proxy_headers=False, server_header=False,
         timeout_graceful_shutdown=settings.shutdown_timeout,
     )
+    # SIGTERM: stop accepting, readiness 503, WebSockets closed with 1001, in-flight requests finish
+    # within SHUTDOWN_TIMEOUT, then the lifespan shutdown (ingestion flush) — see app/system/shutdown.py.
+    GracefulServer(config).run()
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:

@@ -30,8 +30,12 @@ log = logging.getLogger("app")
 #   `plugins(settings) -> list`, `middleware(settings) -> list`, `dependencies() -> dict`.
 DOMAIN_MODULES: list[str] = [
     "app.system.health",
+    "app.system.routes",  # first lifespan in, last out: the sampler outlives the services it watches
     "app.auth",
     "app.market",
+    "app.portfolio",
+    "app.analytics",
+    "app.optimizer",
 ]
 
 

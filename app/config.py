@@ -72,9 +72,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     quote_stale_after: float = 120.0  # a cached quote older than this is reported `stale`
     polygon_backfill_days: int = 5  # how far back minute bars are filled on start / after a reconnect
 
+    # --- portfolio -----------------------------------------------------------------------------
+    portfolio_import_max_bytes: int = 5_000_000  # CSV/JSON import upload limit (413 above it)
+    portfolio_import_max_rows: int = 50_000
+    portfolio_live_interval: float = 0.25  # seconds between live summaries on /market-feed (at most)
+
     # --- analytics / optimizer -----------------------------------------------------------------
     optimizer_workers: int = 2
     optimizer_timeout: float = 30.0
+    optimizer_nice: int = 10  # niceness added to optimizer worker processes (0 = same priority as the API)
     ai_api_url: str | None = None
     ai_api_key: str | None = None
     ai_model: str | None = None
@@ -82,6 +88,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # --- monitoring ----------------------------------------------------------------------------
     metrics_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    system_sample_interval: float = 2.0  # seconds between host/process/DB/Redis samples
+    system_push_interval: float = 5.0  # seconds between `system` pushes on /market-feed
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -99,6 +107,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("rate_limit_per_minute", "limits must be positive")
         if self.simulator_rate <= 0:
             raise bad("simulator_rate", "must be positive")
+        if not 0.2 <= self.system_sample_interval <= 60:
+            raise bad("system_sample_interval", "must be between 0.2 and 60 seconds")
+        if not 1 <= self.system_push_interval <= 300:
+            raise bad("system_push_interval", "must be between 1 and 300 seconds")
+        if self.shutdown_timeout <= 0:
+            raise bad("shutdown_timeout", "must be positive")
         if not 0.001 <= self.feed_flush_interval <= 5:
             raise bad("feed_flush_interval", "must be between 0.001 and 5 seconds")
         if not 0.001 <= self.ingest_flush_interval <= 5:
@@ -111,8 +125,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("ws_max_symbols", "WebSocket limits must be positive")
         if not 0 <= self.polygon_backfill_days <= 365:
             raise bad("polygon_backfill_days", "must be between 0 and 365")
+        if not 1_000 <= self.portfolio_import_max_bytes <= 100_000_000:
+            raise bad("portfolio_import_max_bytes", "must be between 1000 and 100000000")
+        if not 1 <= self.portfolio_import_max_rows <= 1_000_000:
+            raise bad("portfolio_import_max_rows", "must be between 1 and 1000000")
+        if not 0.05 <= self.portfolio_live_interval <= 60:
+            raise bad("portfolio_live_interval", "must be between 0.05 and 60 seconds")
         if self.optimizer_workers < 1:
             raise bad("optimizer_workers", "must be at least 1")
+        if not 0 < self.optimizer_timeout <= 3600:
+            raise bad("optimizer_timeout", "must be between 0 and 3600 seconds")
+        if not 0 <= self.optimizer_nice <= 19:
+            raise bad("optimizer_nice", "must be between 0 and 19")
         for name in ("trusted_proxies", "metrics_allowed_networks"):
             for net in getattr(self, name):
                 try:

@@ -112,8 +112,8 @@ def http_exception_handler(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc.extra)
         for err in errors:
-            if not err["field"]:
-                err["field"] = _field_from_msgspec(err["message"]) or ""
+            if not err["field"] or err["field"] == "data":  # unknown body fields come back as key "data"
+                err["field"] = _field_from_msgspec(err["message"]) or err["field"] or ""
         if errors:
             named = ", ".join(e["field"] for e in errors if e["field"])
             first = errors[0]["message"]

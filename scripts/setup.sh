@@ -22,6 +22,14 @@ fi
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql postgresql-contrib
 command -v redis-server >/dev/null || apt_install redis-server
 command -v runuser >/dev/null || apt_install util-linux
+# nginx: only its binary, for the gateway config test (`nginx -t`, deploy/nginx.conf); Debian's
+# policy-rc.d keeps the package from starting a server on port 80.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  POLICY=/usr/sbin/policy-rc.d; ADDED=0
+  if [ ! -e "$POLICY" ]; then printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null; $SUDO chmod +x "$POLICY"; ADDED=1; fi
+  apt_install nginx-light || apt_install nginx
+  [ "$ADDED" -eq 0 ] || $SUDO rm -f "$POLICY"
+fi
 bash scripts/install-timescaledb.sh
 
 STAMP=.venv/.installed

@@ -13,6 +13,7 @@ from litestar import Request, Response, get
 from app.cache import CacheUnavailable
 from app.context import AppContext
 from app.db import pending_migrations
+from app.system.shutdown import DRAIN
 
 
 @get("/health/live", sync_to_thread=False, tags=["health"], summary="The process answers")
@@ -39,6 +40,8 @@ async def ready(request: Request, ctx: AppContext) -> Response[dict]:
             checks["redis"] = {"ok": True}
         except (CacheUnavailable, asyncio.TimeoutError) as exc:
             checks["redis"] = {"ok": False, "error": type(exc).__name__}
+    if DRAIN.draining:
+        checks["shutdown"] = {"ok": False, "error": "draining"}
     failing = [name for name, c in checks.items() if not c["ok"]]
     if failing:
         body = {"type": "about:blank", "title": "Service Unavailable", "status": 503,
