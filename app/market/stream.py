@@ -232,7 +232,7 @@ class FeedConnection:
                 self.hub.connections.discard(self)
                 log.info("slow feed client disconnected", extra={"connection_id": self.id, "conflated": self.conflated})
                 await self.close(CLOSE_SLOW, f"slow consumer: a frame could not be delivered in {timeout:g} s",
-                                 wait=30.0)
+                                 wait=2 * timeout)
                 return
             except (WebSocketDisconnect, OSError, RuntimeError):
                 self.closed = True
@@ -259,6 +259,7 @@ class FeedHub:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.connections: set[FeedConnection] = set()
+        self.handlers: set[asyncio.Task] = set()  # every live socket's writer and reader tasks
         self.by_user: dict[Any, set[FeedConnection]] = {}
         self._task: asyncio.Task | None = None
         self.batches = 0
@@ -274,8 +275,10 @@ class FeedHub:
         self._task = asyncio.create_task(self._consume(), name="market-feed-hub")
 
     async def stop(self) -> None:
-        for conn in list(self.connections):
-            await conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        await asyncio.gather(*(conn.close(CLOSE_GOING_AWAY, "server shutting down") for conn in list(self.connections)),
+                             return_exceptions=True)
+        for task in list(self.handlers):  # e.g. a slow client's close still waiting for its socket
+            task.cancel()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -516,6 +519,7 @@ async def market_feed(socket: WebSocket, ctx: AppContext) -> None:
 
     writer_task = asyncio.create_task(conn.writer())
     reader_task = asyncio.create_task(reader())
+    hub.handlers.update((writer_task, reader_task))
     try:
         await asyncio.wait({writer_task, reader_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -524,6 +528,7 @@ async def market_feed(socket: WebSocket, ctx: AppContext) -> None:
         mine.discard(conn)
         if not mine:
             hub.by_user.pop(user.id, None)
+        hub.handlers.difference_update((writer_task, reader_task))
         for t in (writer_task, reader_task, *conn.tasks):
             t.cancel()
         await asyncio.gather(writer_task, reader_task, *conn.tasks, return_exceptions=True)
