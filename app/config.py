@@ -81,6 +81,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     optimizer_workers: int = 2
     optimizer_timeout: float = 30.0
     optimizer_nice: int = 10  # niceness added to optimizer worker processes (0 = same priority as the API)
+    optimizer_prestart: bool = True  # start the workers with the app (false: on the first optimization)
     ai_api_url: str | None = None
     ai_api_key: str | None = None
     ai_model: str | None = None

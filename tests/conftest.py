@@ -56,6 +56,9 @@ def test_env(database_url: str, redis_server: RedisServer, tmp_path_factory: pyt
         "MARKET_FEED": "off",
         "LOG_LEVEL": "WARNING",
         "RATE_LIMIT_PER_MINUTE": "100000",
+        # Optimizer workers start on first use: most of the suite's many app instances never optimize,
+        # and each worker costs ~2.5 s of CPU to import Riskfolio.
+        "OPTIMIZER_PRESTART": "false",
     }
 
 

@@ -148,7 +148,9 @@ class OptimizerPool:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Spawn the workers in the background; returns at once."""
+        """Spawn the workers in the background; returns at once. Idempotent."""
+        if self._started_at is not None or self._closed:
+            return
         self._started_at = time.monotonic()
         for _ in range(self.size):
             self._spawn()
@@ -253,6 +255,7 @@ class OptimizerPool:
         self._spawn()
 
     async def run(self, op: str, payload: Any, timeout: float | None = None) -> Any:
+        self.start()  # no-op once started (OPTIMIZER_PRESTART=false starts the pool here)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         self.stats["jobs"] += 1
@@ -332,6 +335,7 @@ class OptimizerPool:
         done = self.stats["ok"] + self.stats["errors"]
         return {
             "workers": self.size,
+            "started": self._started_at is not None,
             "ready": self.ready_workers,
             "idle": len(self._idle),
             "busy": self.ready_workers - len(self._idle),
@@ -357,6 +361,7 @@ class OptimizerPool:
 
     async def wait_ready(self, timeout: float = 120.0) -> None:
         """For tests and benchmarks: wait until every worker has imported Riskfolio."""
+        self.start()
         deadline = time.monotonic() + timeout
         while self.ready_workers < self.size:
             if time.monotonic() > deadline:

@@ -46,7 +46,8 @@ class OptimizerService:
                                   nice=settings.optimizer_nice)
 
     def start(self) -> None:
-        self.pool.start()
+        if self.settings.optimizer_prestart:
+            self.pool.start()
 
     async def stop(self) -> None:
         await self.pool.stop()

@@ -56,7 +56,7 @@ class Market:
                                    s, f"Test {s}", "etf" if s == self.bench else "stock", self.sectors[s])
                 await conn.copy_records_to_table(
                     "daily_bars", columns=["symbol", "ts", "open", "high", "low", "close", "volume", "source"],
-                    records=[(s, datetime(d.year, d.month, d.day, tzinfo=UTC), p, p, p, p, 1000, "bundled")
+                    records=[(s, datetime(d.year, d.month, d.day, tzinfo=UTC), p, p, p, p, 1000, "test")
                              for d, p in zip(self.days, self.prices[s], strict=True)])
         finally:
             await conn.close()

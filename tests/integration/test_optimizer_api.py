@@ -11,8 +11,6 @@ import pytest
 from litestar.testing import AsyncTestClient
 from pypfopt import EfficientFrontier
 
-from app.asgi import create_app
-from tests.conftest import make_settings
 from tests.support.auth import TestUser, register_user
 
 
@@ -180,24 +178,26 @@ async def test_status_reports_the_pool(client: AsyncTestClient, user: TestUser) 
     assert len(status["pids"]) == 2
 
 
-async def test_time_limit_gives_504_and_the_pool_recovers(test_env: dict[str, str]) -> None:
-    settings = make_settings(test_env, optimizer_timeout="0.3", optimizer_workers="1")
+async def test_time_limit_gives_504_and_the_pool_recovers(client: AsyncTestClient, user: TestUser) -> None:
+    pool = client.app.state.ctx.services["optimizer"].pool
     rng = np.random.default_rng(9)
     n, t = 150, 1500
     R = rng.normal(0.0005, 0.01, (t, n))
     dates = [(date(2000, 1, 3) + timedelta(days=i)).isoformat() for i in range(t)]
-    async with AsyncTestClient(app=create_app(settings)) as c:
-        svc = c.app.state.ctx.services["optimizer"]
-        await svc.pool.wait_ready(180)
-        u = await register_user(c)
-        big = {"returns": {f"X{i}": R[:, i].tolist() for i in range(n)}, "dates": dates, "risk_measure": "cdar"}
-        r = await c.post("/api/optimizer/optimize", headers=u.headers, json=big)
-        assert r.status_code == 504, r.text
-        assert r.json()["title"] == "Gateway Timeout" and "time limit" in r.json()["detail"]
-        small, small_dates, _ = inline(n=3, t=80)
-        await svc.pool.wait_ready(180)
-        r = await c.post("/api/optimizer/optimize", headers=u.headers, json={"returns": small, "dates": small_dates})
-        assert r.status_code == 200, r.text
+    big = {"returns": {f"X{i}": R[:, i].tolist() for i in range(n)}, "dates": dates, "risk_measure": "cdar"}
+    recycled = pool.status()["recycled"]
+    pool.timeout = 0.3  # as if OPTIMIZER_TIMEOUT=0.3
+    try:
+        r = await client.post("/api/optimizer/optimize", headers=user.headers, json=big)
+    finally:
+        pool.timeout = client.app.state.ctx.settings.optimizer_timeout
+    assert r.status_code == 504, r.text
+    assert r.json()["title"] == "Gateway Timeout" and "time limit" in r.json()["detail"]
+    assert pool.status()["recycled"] == recycled + 1
+    await pool.wait_ready(180)
+    small, small_dates, _ = inline(n=3, t=80)
+    r = await client.post("/api/optimizer/optimize", headers=user.headers, json={"returns": small, "dates": small_dates})
+    assert r.status_code == 200, r.text
 
 
 # --- the `symbols` universe: history from our database (the bundled daily closes) ------------------------

@@ -86,58 +86,6 @@ async def test_jobs_queue_for_a_worker_and_a_full_queue_is_refused(pool: Optimiz
     assert pool.status()["busy_rejections"] >= 1
 
 
-def test_the_api_process_never_imports_riskfolio() -> None:
-    code = ("import sys, asyncio\n"
-            "from app.optimizer.pool import OptimizerPool\n"
-            "from app.optimizer import problem, rebalance\n"
-            "async def main():\n"
-            "    p = OptimizerPool(1, 20.0); p.start(); await p.wait_ready(180)\n"
-            "    print(await p.run('ping', None)); await p.stop()\n"
-            "if __name__ == '__main__':\n"
-            "    asyncio.run(main()); assert 'riskfolio' not in sys.modules and 'cvxpy' not in sys.modules\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    assert out.returncode == 0, out.stderr
-    assert "pong" in out.stdout
-
-
-def test_pool_under_uvloop() -> None:
-    """uvicorn runs uvloop, which leaves a watched pipe non-blocking: jobs after the first must work."""
-    code = ("import asyncio, uvloop, numpy as np\n"
-            "from app.optimizer.pool import OptimizerPool\n"
-            "from app.optimizer.problem import Problem\n"
-            "async def main():\n"
-            "    p = OptimizerPool(1, 20.0); p.start(); await p.wait_ready(180)\n"
-            "    big = Problem(symbols=['X'] * 300, returns=np.zeros((1000, 300)))  # 2.4 MB: fills the pipe\n"
-            "    for i in range(4):\n"
-            "        assert await p.run('sleep', 0.05) == {'slept': 0.05}\n"
-            "        assert await p.run('ping', big) == {'pong': True}\n"
-            "    assert p.status()['crashes'] == 0\n"
-            "    await p.stop(); print('ok')\n"
-            "if __name__ == '__main__':\n"
-            "    uvloop.run(main())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
-
-
-def test_workers_start_from_a_script_without_a_main_guard(tmp_path) -> None:
-    """multiprocessing's spawn re-imports the parent's __main__; our workers must not need a guard."""
-    script = tmp_path / "unguarded.py"
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script.write_text(f"import sys; sys.path.insert(0, {root!r})\n"
-                      "import asyncio\n"
-                      "from app.optimizer.pool import OptimizerPool\n"
-                      "async def main():\n"
-                      "    p = OptimizerPool(1, 20.0); p.start(); await p.wait_ready(60)\n"
-                      "    print(await p.run('ping', None)); await p.stop()\n"
-                      "asyncio.run(main())\n")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "{'pong': True}"
-
-
 async def test_workers_limit_blas_threads_before_numpy_loads(pool: OptimizerPool) -> None:
     # the ready message says whether numpy was already imported when the thread limits were set
     assert all(w.import_ms is not None for w in pool._all)
@@ -160,5 +108,42 @@ async def test_workers_that_cannot_start_give_a_quick_503_not_a_hang(monkeypatch
             await p.run("ping", None)
         assert time.monotonic() - started < 1
         assert p.status()["ready"] == 0 and p.status()["last_error"]
+    finally:
+        await p.stop()
+
+
+def test_a_plain_script_under_uvloop_never_imports_riskfolio(tmp_path) -> None:
+    """One subprocess, three properties: workers start from a script without a `__main__` guard
+    (multiprocessing's spawn would re-import it); under uvloop (as uvicorn runs), which leaves a
+    watched socket non-blocking, big jobs keep working; and the API process never imports Riskfolio."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        f"import sys; sys.path.insert(0, {root!r})\n"
+        "import numpy as np, uvloop\n"
+        "from app.optimizer.pool import OptimizerPool\n"
+        "from app.optimizer.problem import Problem\n"
+        "async def main():\n"
+        "    p = OptimizerPool(1, 60.0); p.start(); await p.wait_ready(120)\n"
+        "    big = Problem(symbols=['X'] * 300, returns=np.zeros((1000, 300)))  # 2.4 MB: fills the socket\n"
+        "    for i in range(3):\n"
+        "        assert await p.run('sleep', 0.01) == {'slept': 0.01}\n"
+        "        assert await p.run('ping', big) == {'pong': True}\n"
+        "    assert p.status()['crashes'] == 0\n"
+        "    await p.stop()\n"
+        "uvloop.run(main())\n"
+        "assert 'riskfolio' not in sys.modules and 'cvxpy' not in sys.modules\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+async def test_lazy_pool_starts_on_the_first_job() -> None:
+    p = OptimizerPool(workers=1, timeout=60.0)  # never start()ed, as with OPTIMIZER_PRESTART=false
+    try:
+        assert p.status()["started"] is False and p.status()["pids"] == []
+        assert await p.run("ping", None) == {"pong": True}
+        assert p.status()["started"] is True and p.status()["ready"] == 1
     finally:
         await p.stop()

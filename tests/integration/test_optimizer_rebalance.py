@@ -61,7 +61,9 @@ async def test_rebalance_to_weights(client: AsyncTestClient, owner: TestUser) ->
     assert D(body["turnover"]) > 0
     assert sum(D(w) for w in body["resulting_weights"].values()) + D(body["cash_weight_after"]) == pytest.approx(1, abs=1e-6)
     assert total > 0
-    assert any("last stored close" in w for w in body["warnings"])  # no live feed in the tests
+    # prices: the market domain's latest (a live quote, else the last stored close, with a warning)
+    prices = {p["symbol"]: D(p["price"]) for p in body["positions"]}
+    assert all(D(t["estimated_price"]) == prices[t["symbol"]] for t in body["trades"])
     assert await transaction_count(client, owner, pid) == before  # nothing recorded
 
 

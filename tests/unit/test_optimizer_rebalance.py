@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from app.optimizer.rebalance import FRACTIONAL_QUANTUM, RebalanceError, plan_rebalance
@@ -15,7 +15,8 @@ SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF"]
 
 prices_st = st.decimals(min_value=D("0.50"), max_value=D("2500"), places=2)
 qty_st = st.integers(min_value=0, max_value=2000).map(D)
-cash_st = st.decimals(min_value=D("1"), max_value=D("500000"), places=2)  # a portfolio with no value is refused
+# negative cash (an overdrawn ledger) included: the plan must fund every buy from cash or sells
+cash_st = st.decimals(min_value=D("-2000"), max_value=D("500000"), places=2)
 
 
 @st.composite
@@ -37,6 +38,10 @@ def portfolios(draw: st.DrawFn) -> dict:
     }
 
 
+def total_value(case: dict) -> Decimal:
+    return case["cash"] + sum(q * case["prices"][s] for s, q in case["holdings"].items())
+
+
 def value(plan, prices) -> Decimal:
     return plan.cash_after + sum(p.quantity_after * prices[p.symbol] for p in plan.positions)
 
@@ -44,6 +49,7 @@ def value(plan, prices) -> Decimal:
 @settings(max_examples=300, deadline=None)
 @given(portfolios())
 def test_lands_within_one_share_and_never_overspends(case: dict) -> None:
+    assume(total_value(case) > 0)  # a portfolio with no value is refused (tested below)
     plan = plan_rebalance(**case)
     quantum = FRACTIONAL_QUANTUM if case["fractional"] else D(1)
     assert plan.cash_after >= 0
@@ -65,15 +71,19 @@ def test_lands_within_one_share_and_never_overspends(case: dict) -> None:
             assert t is not None and t.quantity == abs(delta) and t.side == ("buy" if delta > 0 else "sell")
             assert t.value == t.quantity * t.price
     spent = sum(t.value for t in plan.trades if t.side == "buy") - sum(t.value for t in plan.trades if t.side == "sell")
-    assert spent <= case["cash"]
+    assert spent <= max(case["cash"], D(0))  # overdrawn: the sells pay the buys and the overdraft back
     assert plan.cash_after == case["cash"] - spent
 
 
 @settings(max_examples=300, deadline=None)
 @given(portfolios(), st.decimals(min_value=D("1"), max_value=D("5000"), places=2))
 def test_minimum_trade_value_is_respected_and_cash_still_holds(case: dict, minimum: Decimal) -> None:
+    assume(total_value(case) > 0)
     plan = plan_rebalance(**case, min_trade_value=minimum)
-    assert plan.cash_after >= 0
+    buys = sum(t.value for t in plan.trades if t.side == "buy")
+    sells = sum(t.value for t in plan.trades if t.side == "sell")
+    assert buys <= max(case["cash"], D(0)) + sells  # buys are paid from cash or sells, never on credit
+    assert plan.cash_after >= min(case["cash"], D(0))
     for t in plan.trades:
         assert t.value >= minimum
     if any(t.side == "buy" for t in plan.trades):  # buys only spend down to the buffer
@@ -141,3 +151,9 @@ def test_bad_inputs_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(RebalanceError) as exc:
         plan_rebalance(**{**base, **kwargs})
     assert exc.value.field == field
+
+
+def test_a_portfolio_without_value_is_refused() -> None:
+    with pytest.raises(RebalanceError) as exc:
+        plan_rebalance(holdings={}, cash=D(0), prices={"AAA": D(1)}, target_weights={"AAA": D(1)})
+    assert exc.value.field == "portfolio_id"

@@ -227,3 +227,46 @@ def test_view_between_identical_assets_is_a_422_not_a_crash() -> None:
         assert exc.status == 422
     else:  # Riskfolio may regularise its way through; then the answer must still be a portfolio
         assert sum(out["weights"].values()) == pytest.approx(1.0)
+
+
+def test_min_variance_oas_matches_direct_cvxpy() -> None:
+    from sklearn.covariance import OAS
+
+    symbols, R = synthetic(22, t=150, n=25)
+    ours = solve.optimize(Problem(symbols=symbols, returns=R, objective="min_risk", covariance="oas"))
+    S = OAS().fit(R).covariance_
+    w = cp.Variable(len(symbols))
+    cp.Problem(cp.Minimize(1e4 * cp.quad_form(w, cp.psd_wrap(S))), [cp.sum(w) == 1, w >= 0]).solve(solver="CLARABEL")
+    assert np.abs(weights(ours) - w.value).max() < 1e-4
+
+
+def test_ewma_expected_returns_are_used() -> None:
+    symbols, R = synthetic(23, n=6)
+    halflife = 20.0
+    out = solve.optimize(Problem(symbols=symbols, returns=R, objective="max_return", expected_returns="ewma",
+                                 ewma_halflife=halflife))
+    d = 0.5 ** (1 / halflife)  # pandas ewm(alpha=1-d, adjust=True), last value, computed by hand
+    k = np.arange(R.shape[0])[::-1]
+    mu = (d ** k) @ R / (d ** k).sum()
+    assert out["weights"][symbols[int(np.argmax(mu))]] == pytest.approx(1.0, abs=1e-6)  # all in the best
+    assert out["expected_return"] == pytest.approx(mu.max() * P, rel=1e-6)
+
+
+def test_min_mad_matches_direct_lp() -> None:
+    symbols, R = synthetic(24, t=300, n=8)
+    ours = solve.optimize(Problem(symbols=symbols, returns=R, objective="min_risk", risk_measure="mad"))
+    w = cp.Variable(len(symbols))
+    mad = cp.sum(cp.abs((R - R.mean(axis=0)) @ w)) / R.shape[0]
+    cp.Problem(cp.Minimize(1e3 * mad), [cp.sum(w) == 1, w >= 0]).solve(solver="CLARABEL")
+    assert ours["risk"] == pytest.approx(mad.value, rel=1e-4)
+
+
+def test_min_max_drawdown_matches_direct_lp() -> None:
+    symbols, R = synthetic(25, t=300, n=8)
+    ours = solve.optimize(Problem(symbols=symbols, returns=R, objective="min_risk", risk_measure="max_drawdown"))
+    T, n = R.shape
+    w, u, z = cp.Variable(n), cp.Variable(T + 1), cp.Variable()
+    c = cp.cumsum(R @ w)  # uncompounded cumulative return
+    cons = [cp.sum(w) == 1, w >= 0, u[0] == 0, u[1:] >= c, u[1:] >= u[:-1], z >= u[1:] - c]
+    cp.Problem(cp.Minimize(1e3 * z), cons).solve(solver="CLARABEL")
+    assert ours["risk"] == pytest.approx(z.value, rel=1e-4)
