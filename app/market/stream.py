@@ -212,6 +212,8 @@ class FeedConnection:
 
     async def writer(self) -> None:
         timeout = self.hub.ctx.settings.ws_slow_client_timeout
+        window_start = time.monotonic()
+        blocked = 0.0  # seconds spent waiting for the socket in the current window
         while not self.closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), HEARTBEAT_INTERVAL)
@@ -222,23 +224,36 @@ class FeedConnection:
             frame = self._take_frame()
             if frame is None:
                 continue
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
                     await self.socket.send_data(frame, mode="text")
             except TimeoutError:
-                # Stop feeding it at once; the close frame goes out when its socket takes data again
-                # (or the protocol's ping timeout ends the connection).
-                self.hub.slow_disconnects += 1
-                self.hub.connections.discard(self)
-                log.info("slow feed client disconnected", extra={"connection_id": self.id, "conflated": self.conflated})
-                await self.close(CLOSE_SLOW, f"slow consumer: a frame could not be delivered in {timeout:g} s",
-                                 wait=2 * timeout)
+                await self._drop_slow(f"slow consumer: a frame could not be delivered in {timeout:g} s", timeout)
                 return
             except (WebSocketDisconnect, OSError, RuntimeError):
                 self.closed = True
                 return
+            now = time.monotonic()
+            blocked += now - started
             self.frames_sent += 1
-            self.last_sent = time.monotonic()
+            self.last_sent = now
+            # A healthy socket takes a frame at once. One whose sends kept us waiting for more than
+            # half of a WS_SLOW_CLIENT_TIMEOUT window is behind for good (its updates were being
+            # conflated all along): drop it.
+            if now - window_start >= timeout:
+                if blocked > timeout / 2:
+                    await self._drop_slow(f"slow consumer: behind for {timeout:g} s despite conflation", timeout)
+                    return
+                window_start, blocked = now, 0.0
+
+    async def _drop_slow(self, reason: str, timeout: float) -> None:
+        # Stop feeding it at once; the close frame goes out when its socket takes data again (or the
+        # protocol's ping timeout ends the connection).
+        self.hub.slow_disconnects += 1
+        self.hub.connections.discard(self)
+        log.info("slow feed client disconnected", extra={"connection_id": self.id, "conflated": self.conflated})
+        await self.close(CLOSE_SLOW, reason, wait=2 * timeout)
 
     async def close(self, code: int, reason: str, wait: float = 1.0) -> None:
         if self.closed:
