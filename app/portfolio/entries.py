@@ -136,6 +136,9 @@ def check_entry(raw: dict[str, Any], *, base_currency: str, now: datetime) -> tu
     elif currency != base_currency:
         errors.append(("currency", f"must be the portfolio's currency {base_currency} (no FX conversion)"))
     note = raw.get("note")
+    if isinstance(note, (dict, list, bool)):  # JSON import: str() would store "{'a': 1}" as the note
+        errors.append(("note", "must be text"))
+        note = None
     if note is not None:
         note = str(note).strip()  # stored stripped, so that export → import gives the same note
         if len(note) > MAX_NOTE:

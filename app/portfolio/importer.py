@@ -220,7 +220,9 @@ def read_json(data: bytes, max_rows: int) -> list[tuple[int, dict[str, Any]]]:
             if field is None:
                 unknown.append(str(name))
                 continue
-            raw[field] = v if v is None or isinstance(v, (str, float)) else str(v) if not isinstance(v, bool) else v
+            # objects and arrays stay as they are, so that the field checks refuse them instead of
+            # storing their str() (a note {"a": 1} became the text "{'a': 1}")
+            raw[field] = v if v is None or isinstance(v, (str, float, bool, dict, list)) else str(v)
         if unknown:
             raw["__error__"] = f"unknown field(s): {', '.join(unknown)}"
         rows.append((k, raw))

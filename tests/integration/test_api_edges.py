@@ -179,6 +179,20 @@ async def test_nul_in_an_imported_note_is_a_row_error(client: Any, world: dict[s
     assert [(e["line"], e["field"]) for e in r.json()["errors"]] == [(2, "note")]
 
 
+async def test_a_json_import_note_that_is_not_text_is_refused_not_stringified(client: Any,
+                                                                             world: dict[str, Any]) -> None:
+    user, pid = world["user"], world["pid"]
+    good = {"date": "2024-01-03", "type": "deposit", "amount": "1"}
+    rows = [{**good, "note": {"a": 1}}, {**good, "note": [1]}] + [
+        {**good, "type": "split", "symbol": "AAPL", "ratio": "2", "amount": None, field: junk}
+        for field in ("type", "symbol", "ratio", "currency", "date") for junk in ({"a": 1}, [1])]
+    r = await client.post(f"/api/portfolio/{pid}/import?dry_run=true", json={"transactions": rows},
+                          headers=user.headers)
+    assert r.status_code == 200 and not r.json()["valid"], r.text
+    assert {e["line"] for e in r.json()["errors"]} == set(range(1, len(rows) + 1)), r.text
+    assert {(e["line"], e["field"]) for e in r.json()["errors"]} >= {(1, "note"), (2, "note")}
+
+
 async def test_json_with_a_json_media_type_suffix_and_without_content_type_are_accepted(
         client: Any, world: dict[str, Any]) -> None:
     user = world["user"]
