@@ -105,6 +105,10 @@ schema = schemathesis.openapi.from_dict(_served_openapi())
 schema.config.generation.update(with_security_parameters=False)
 
 
+# Only `not_a_server_error`: with schemathesis' conformance checks (response schema, status code,
+# content type) added, 36 of the 45 operations fail — our errors are application/problem+json bodies
+# and most 4xx statuses are not declared in the OpenAPI Litestar generates — so they are not a stable
+# signal until the schema documents the problem responses.
 def _check(case: Any, world: FuzzWorld, headers: dict[str, str]) -> None:
     r = case.call_and_validate(session=world.client, base_url="http://testserver", headers=headers,
                                checks=[not_a_server_error])
