@@ -98,7 +98,7 @@ def assess(sample: Mapping[str, Any]) -> tuple[str, list[str]]:
 # The keys of a service's status copied into the summary everyone sees (the rest is admin-only).
 SUMMARY_SERVICE_KEYS = ("feed", "state", "connected", "ingesting", "events_per_second", "written_per_second",
                         "lag_ms", "queue_depth", "dropped", "ws_clients", "ws_users", "last_batch_lag_ms",
-                        "workers", "busy", "pending", "queued")
+                        "workers", "ready", "busy", "queued", "timeouts", "crashes")
 
 
 def summarize(sample: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,14 @@
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
+from importlib.resources import files
 from pathlib import Path
+
+import jsonschema
 
 import kubernetes_validate
 import msgspec
@@ -77,6 +81,19 @@ def test_compose_file_has_the_promised_services():
     mount = services["nginx"]["volumes"][0].split(":")
     assert (ROOT / mount[0]).resolve() == ROOT / "deploy" / "nginx.conf" and mount[1] == "/etc/nginx/nginx.conf"
     assert set(compose["volumes"]) == {"pgdata", "redisdata"}
+
+
+def test_compose_file_validates_against_the_compose_specification():
+    # The Compose Specification's JSON schema, as vendored by check-jsonschema (a test dependency).
+    schema = json.loads((files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    compose = _compose()
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, errors
+    # A misspelt key is caught (so a pass means something).
+    broken = {**compose, "services": {**compose["services"],
+                                      "redis": {**compose["services"]["redis"], "helthcheck": {}}}}
+    assert list(validator.iter_errors(broken))
 
 
 def test_docker_compose_config_accepts_it_where_the_client_exists(tmp_path):
@@ -209,6 +226,7 @@ def test_kubernetes_manifests_fit_together():
     assert container["resources"]["requests"]["cpu"]  # the HPA's CPU target needs a request
     paths = {p["path"]: p["backend"]["service"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]}
     assert "/market-feed" in paths and "/api" in paths
+    assert not any(p in ("/", "/metrics") for p in paths)  # /metrics is not published
     for backend in paths.values():
         assert backend["name"] == svc["metadata"]["name"] and backend["port"]["name"] == "http"
     assert int(ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600

@@ -133,8 +133,8 @@ async def _trades_between(db_url: str, start: float, end: float) -> int:
         await conn.close()
 
 
-def _ingest_through_a_restart(test_env, tmp_path, check) -> None:
-    """The simulator ingests; PostgreSQL stops for 3 s and returns; `check(...)` judges the result."""
+def _ingest_through_a_restart(test_env, tmp_path, check, outage: float = 3.0) -> None:
+    """The simulator ingests; PostgreSQL stops for `outage` s and returns; `check(...)` judges the result."""
     import asyncio
 
     cluster = start_cluster()
@@ -152,7 +152,7 @@ def _ingest_through_a_restart(test_env, tmp_path, check) -> None:
         down_from = time.time()
         # While the database is down the feed goes on for a moment: its events wait in the buffer.
         buffered = 0
-        while time.time() - down_from < 3.0:
+        while time.time() - down_from < outage:
             buffered = max(buffered, _market(base, headers).get("queue_depth") or 0)
             time.sleep(0.2)
         down_to = time.time()
@@ -184,7 +184,9 @@ def test_ingestion_buffer_of_the_outage_is_flushed_after_a_postgresql_restart(te
         wait_for(lambda: count(down_from - 0.2, down_to) >= buffered - 60, 15,
                  what=f"the {buffered} events buffered during the outage to be flushed")
 
-    _ingest_through_a_restart(test_env, tmp_path, check)
+    # Long enough that the leader surely notices its lost connection while the database is down
+    # (with a shorter outage the same leader may keep going and drain its buffer itself).
+    _ingest_through_a_restart(test_env, tmp_path, check, outage=7.0)
 
 
 def _metric(base_url: str, name: str) -> float | None:

@@ -17,7 +17,9 @@ class ServeProcess(AppProcess):
     """`python -m app serve` with extra domain modules appended to DOMAIN_MODULES (test-only routes)."""
 
     def __init__(self, env: dict[str, str], extra_domains: tuple[str, ...] = (), port: int | None = None) -> None:
-        super().__init__(env, port)
+        # One optimizer worker (it imports Riskfolio at start): these tests need no more, and the
+        # machine is shared with the rest of the suite.
+        super().__init__({"OPTIMIZER_WORKERS": "1", **env}, port)
         self.extra_domains = extra_domains
 
     def start(self, wait: float = 30.0) -> None:
