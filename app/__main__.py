@@ -13,6 +13,7 @@ from app.config import ConfigError, Settings, load_settings
 # Modules with `register(subparsers)`; each adds its commands (seed-demo, create-admin, backfill …).
 COMMAND_MODULES: list[str] = [
     "app.auth.cli",
+    "app.market.cli",
     "app.portfolio.cli",
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -112,6 +113,8 @@ def http_exception_handler(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc.extra)
         for err in errors:
+            if err["field"] == "data" and err["message"] == "'data'":  # Litestar's KeyError: no body at all
+                err.update(field="body", message="a JSON request body is required")
             if not err["field"] or err["field"] == "data":  # unknown body fields come back as key "data"
                 err["field"] = _field_from_msgspec(err["message"]) or err["field"] or ""
         if errors:
@@ -134,9 +137,22 @@ def app_error_handler(request: Request, exc: AppError) -> Response:
 
 
 def internal_error_handler(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RecursionError) and "deserializ" in str(exc):
+        # msgspec gives up on absurdly nested JSON (`[[[[…`) with a RecursionError while Litestar
+        # decodes the body: the input is at fault, not the server.
+        return problem(request, 400, "the JSON body is nested too deeply",
+                       errors=[{"field": "body", "message": "nested too deeply", "source": "body"}])
+    if isinstance(exc, _UNSTORABLE_TEXT):
+        # Safety net: a NUL character (which PostgreSQL text cannot hold) in a body field that no
+        # validation caught. Query and path parameters are refused earlier (app.logs), naming them.
+        log.warning("unstorable text reached the database", extra={"path": request.url.path, "error": str(exc)})
+        return problem(request, 400, "text values must not contain NUL characters")
     log.exception("unhandled error", extra={"path": request.url.path})
     return problem(request, HTTP_500_INTERNAL_SERVER_ERROR, "an internal error occurred; it has been logged")
 
+
+# SQLSTATE 22021 / 22P05: text the database cannot store (a NUL character) — always the input's fault.
+_UNSTORABLE_TEXT = (asyncpg.exceptions.CharacterNotInRepertoireError, asyncpg.exceptions.UntranslatableCharacterError)
 
 EXCEPTION_HANDLERS = {
     AppError: app_error_handler,

@@ -9,6 +9,7 @@ import logging
 import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -206,13 +207,33 @@ class WindowSeries:
     values: list[float]
 
 
+_SERIES: OrderedDict[tuple[uuid.UUID, int, date], Any] = OrderedDict()
+SERIES_MEMO_SIZE = 16
+
+
+async def _full_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> Any:
+    """The portfolio's whole daily series, memoized per process by (portfolio, ledger version, day):
+    one insights request needs it three times (risk, forecast, fee drag) and rebuilding ten years of
+    ledger is the slowest step. Callers have checked ownership already."""
+    from app.portfolio.service import ledger_version, portfolio_daily_series
+
+    key = (portfolio_id, await ledger_version(ctx, portfolio_id), _today())
+    hit = _SERIES.get(key)
+    if hit is not None:
+        _SERIES.move_to_end(key)
+        return hit
+    series = await portfolio_daily_series(ctx, portfolio_id, user_id)
+    _SERIES[key] = series
+    while len(_SERIES) > SERIES_MEMO_SIZE:
+        _SERIES.popitem(last=False)
+    return series
+
+
 async def window_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID, window: str) -> WindowSeries:
     """The portfolio's daily series over the window. Windows end at the series' last date (the latest
     market date with closes for its holdings), not at today, so a stale data source still gives a
     full window."""
-    from app.portfolio.service import portfolio_daily_series
-
-    series = await portfolio_daily_series(ctx, portfolio_id, user_id)
+    series = await _full_series(ctx, portfolio_id, user_id)
     dates = list(series.dates)
     returns = [float(r) for r in series.returns]
     values = [float(v) for v in series.values]

@@ -32,7 +32,8 @@ from app.errors import AppError, Conflict, Forbidden, NotFound, ServiceUnavailab
 
 log = logging.getLogger("app.auth")
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+# No whitespace and no control characters (a NUL cannot even be stored in PostgreSQL text).
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]+$")
 REFRESH_PREFIX = "wtr_"
 BAD_CREDENTIALS = "invalid email or password"
 LOGIN_WINDOW = 60  # seconds: LOGIN_ATTEMPTS_PER_MINUTE failed logins per email and per client address
@@ -48,6 +49,15 @@ def normalize_email(email: str) -> str:
 
 def valid_email(email: str) -> bool:
     return bool(_EMAIL.match(email)) and len(email) <= 254
+
+
+def clean_display_name(value: str | None) -> str | None:
+    """Stripped, None when blank; control characters (NUL, which PostgreSQL text cannot hold,
+    line breaks …) are refused naming the field."""
+    name = (value or "").strip() or None
+    if name is not None and any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise AppError("display_name must not contain control characters", field="display_name")
+    return name
 
 
 def new_refresh_token() -> tuple[str, bytes]:
@@ -133,7 +143,7 @@ async def register(ctx: AppContext, data: RegisterIn, client: Client) -> AuthOut
     if not valid_email(email):
         raise AppError("not a valid email address", field="email")
     check_password_policy(data.password, email)
-    display_name = (data.display_name or "").strip() or None
+    display_name = clean_display_name(data.display_name)
     password_hash = await hash_password(ctx, data.password)
     async with ctx.db.transaction() as conn:
         row = await conn.fetchrow(q("insert_user"), email, password_hash, display_name, "user")
@@ -187,6 +197,8 @@ class LoginLimiter:
 
 async def login(ctx: AppContext, email: str, password: str, client: Client) -> AuthOut:
     email = normalize_email(email)
+    if "\x00" in email:  # no account can have it (refused at registration), and PostgreSQL cannot compare it
+        raise AppError("not a valid email address", field="email")
     limiter = LoginLimiter(ctx, email, client.ip)
     await limiter.begin()
     row = await ctx.db.fetchrow(q("user_for_login"), email)
@@ -270,7 +282,7 @@ def _timezones() -> frozenset[str]:
 
 async def update_profile(ctx: AppContext, user: AuthUser, patch: ProfilePatch) -> ProfileOut:
     set_name = patch.display_name is not msgspec.UNSET
-    name = (patch.display_name or "").strip() or None if set_name else None
+    name = clean_display_name(patch.display_name or None) if set_name else None
     currency = patch.base_currency.upper() if isinstance(patch.base_currency, str) else None
     tz = patch.timezone if isinstance(patch.timezone, str) else None
     if tz is not None and tz not in _timezones():

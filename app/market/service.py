@@ -146,10 +146,13 @@ class MarketService:
                 else:
                     from app.market.feeds.polygon import PolygonFeed
 
-                    self.feed = PolygonFeed(self.settings, pipeline, self.decoder, self.ctx.db)
+                    self.feed = feed = PolygonFeed(self.settings, pipeline, self.decoder, self.ctx.db)
                     self.state = "connecting"
-                    await self.feed.run(on_state=self._set_state)
-                    if self.feed.state == "auth_failed":
+                    try:
+                        await feed.run(on_state=self._set_state)
+                    finally:
+                        await feed.rest.close()
+                    if feed.state == "auth_failed":
                         self.state = "auth_failed"
                         await asyncio.Event().wait()  # stop retrying; reported in status
                 return

@@ -212,6 +212,8 @@ class FeedConnection:
 
     async def writer(self) -> None:
         timeout = self.hub.ctx.settings.ws_slow_client_timeout
+        window_start = time.monotonic()
+        blocked = 0.0  # seconds spent waiting for the socket in the current window
         while not self.closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), HEARTBEAT_INTERVAL)
@@ -222,23 +224,36 @@ class FeedConnection:
             frame = self._take_frame()
             if frame is None:
                 continue
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
                     await self.socket.send_data(frame, mode="text")
             except TimeoutError:
-                # Stop feeding it at once; the close frame goes out when its socket takes data again
-                # (or the protocol's ping timeout ends the connection).
-                self.hub.slow_disconnects += 1
-                self.hub.connections.discard(self)
-                log.info("slow feed client disconnected", extra={"connection_id": self.id, "conflated": self.conflated})
-                await self.close(CLOSE_SLOW, f"slow consumer: a frame could not be delivered in {timeout:g} s",
-                                 wait=30.0)
+                await self._drop_slow(f"slow consumer: a frame could not be delivered in {timeout:g} s", timeout)
                 return
             except (WebSocketDisconnect, OSError, RuntimeError):
                 self.closed = True
                 return
+            now = time.monotonic()
+            blocked += now - started
             self.frames_sent += 1
-            self.last_sent = time.monotonic()
+            self.last_sent = now
+            # A healthy socket takes a frame at once. One whose sends kept us waiting for more than
+            # half of a WS_SLOW_CLIENT_TIMEOUT window is behind for good (its updates were being
+            # conflated all along): drop it.
+            if now - window_start >= timeout:
+                if blocked > timeout / 2:
+                    await self._drop_slow(f"slow consumer: behind for {timeout:g} s despite conflation", timeout)
+                    return
+                window_start, blocked = now, 0.0
+
+    async def _drop_slow(self, reason: str, timeout: float) -> None:
+        # Stop feeding it at once; the close frame goes out when its socket takes data again (or the
+        # protocol's ping timeout ends the connection).
+        self.hub.slow_disconnects += 1
+        self.hub.connections.discard(self)
+        log.info("slow feed client disconnected", extra={"connection_id": self.id, "conflated": self.conflated})
+        await self.close(CLOSE_SLOW, reason, wait=2 * timeout)
 
     async def close(self, code: int, reason: str, wait: float = 1.0) -> None:
         if self.closed:
@@ -259,6 +274,7 @@ class FeedHub:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.connections: set[FeedConnection] = set()
+        self.handlers: set[asyncio.Task] = set()  # every live socket's writer and reader tasks
         self.by_user: dict[Any, set[FeedConnection]] = {}
         self._task: asyncio.Task | None = None
         self.batches = 0
@@ -274,8 +290,10 @@ class FeedHub:
         self._task = asyncio.create_task(self._consume(), name="market-feed-hub")
 
     async def stop(self) -> None:
-        for conn in list(self.connections):
-            await conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        await asyncio.gather(*(conn.close(CLOSE_GOING_AWAY, "server shutting down") for conn in list(self.connections)),
+                             return_exceptions=True)
+        for task in list(self.handlers):  # e.g. a slow client's close still waiting for its socket
+            task.cancel()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -516,6 +534,7 @@ async def market_feed(socket: WebSocket, ctx: AppContext) -> None:
 
     writer_task = asyncio.create_task(conn.writer())
     reader_task = asyncio.create_task(reader())
+    hub.handlers.update((writer_task, reader_task))
     try:
         await asyncio.wait({writer_task, reader_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -524,6 +543,7 @@ async def market_feed(socket: WebSocket, ctx: AppContext) -> None:
         mine.discard(conn)
         if not mine:
             hub.by_user.pop(user.id, None)
+        hub.handlers.difference_update((writer_task, reader_task))
         for t in (writer_task, reader_task, *conn.tasks):
             t.cancel()
         await asyncio.gather(writer_task, reader_task, *conn.tasks, return_exceptions=True)

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request, Router, post
 from litestar.status_codes import HTTP_200_OK
 
+from app.asgi import require_json_body
 from app.context import AppContext
 from app.errors import Unprocessable
 from app.optimizer import service
@@ -69,5 +70,11 @@ async def name_non_finite_numbers(request: Request[Any, Any, Any]) -> None:
                             field=where)
 
 
+async def before_optimizer_request(request: Request[Any, Any, Any]) -> None:
+    # A router's before_request replaces the app's: run the app-wide Content-Type check here too.
+    require_json_body(request)
+    await name_non_finite_numbers(request)
+
+
 route_handlers = [Router("/", route_handlers=[optimize, frontier, rebalance],
-                         before_request=name_non_finite_numbers)]
+                         before_request=before_optimizer_request)]

@@ -132,6 +132,8 @@ def _normalize(symbols: list[str], field: str, *, upper: bool = True) -> list[st
         where = f"{field}[{i}]" if upper else f"{field}.{raw}"
         if not s:
             raise _fail("empty symbol", where)
+        if upper and not s.isprintable():  # a NUL cannot even be looked up in PostgreSQL
+            raise _fail(f"not a ticker symbol: {s!r}", where)
         if s.upper() in seen:  # AAPL and aapl are one symbol, also among inline returns
             raise _fail(f"duplicate symbol {s} (also at index {seen[s.upper()]})", where)
         seen[s.upper()] = i
@@ -443,6 +445,8 @@ async def rebalance(ctx: AppContext, user_id: uuid.UUID, req: RebalanceRequest) 
         targets: dict[str, Decimal] = {}
         for key, v in req.target.items():
             s = key.strip().upper()
+            if not s or not s.isprintable():  # a NUL cannot even be looked up in PostgreSQL
+                raise _fail(f"not a ticker symbol: {s!r}", "target")
             if s in targets:
                 raise _fail(f"duplicate symbol {s}", f"target.{key}")
             if not math.isfinite(v) or v < 0 or v > 1:

@@ -126,6 +126,8 @@ def check_entry(raw: dict[str, Any], *, base_currency: str, now: datetime) -> tu
         note = str(note).strip()  # stored stripped, so that export → import gives the same note
         if len(note) > MAX_NOTE:
             errors.append(("note", f"at most {MAX_NOTE} characters"))
+        elif "\x00" in note:  # PostgreSQL text cannot hold NUL
+            errors.append(("note", "must not contain NUL characters"))
         note = note or None
     executed_at = raw.get("executed_at")
     if executed_at is None:
@@ -136,7 +138,12 @@ def check_entry(raw: dict[str, Any], *, base_currency: str, now: datetime) -> tu
     if executed_at is not None:
         if executed_at.tzinfo is None:
             executed_at = executed_at.replace(tzinfo=UTC)
-        executed_at = executed_at.astimezone(UTC)
+        try:
+            executed_at = executed_at.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+            errors.append(("executed_at", f"must be after {EARLIEST.date()} and not in the future"))
+            executed_at = None
+    if executed_at is not None:
         if executed_at > now + FUTURE_SKEW:
             errors.append(("executed_at", "may not be in the future"))
         elif executed_at < EARLIEST:

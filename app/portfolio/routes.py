@@ -70,9 +70,12 @@ def _bound(value: str | None, field: str, end: bool) -> datetime | None:
             ts = datetime(d.year, d.month, d.day, tzinfo=UTC)
             return ts + timedelta(days=1) if end else ts  # `to` is inclusive of that day
         ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        # In UTC here, not in the driver: 9999-12-31T23:59-05:00 is past year 9999 in UTC.
+        return ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
     except ValueError:
         raise AppError(f"{field} must be YYYY-MM-DD or an ISO 8601 date-time", field=field) from None
+    except OverflowError:  # the day after 9999-12-31, or an offset that leaves years 1–9999
+        raise AppError(f"{field} is out of range", field=field) from None
 
 
 @get("/api/portfolio/{portfolio_id:uuid}/transactions", tags=TAGS,

@@ -36,7 +36,7 @@ from app.context import AppContext
 from app.db import Database, sql_file
 from app.errors import AppError, Conflict, NotFound, Unprocessable
 from app.portfolio import performance as perf
-from app.portfolio.entries import Entry, check_entry, check_symbols
+from app.portfolio.entries import SYMBOL_RE, Entry, check_entry, check_symbols
 from app.portfolio.ledger import (CostMethod, InsufficientCash, InsufficientQuantity, LedgerError, LedgerState,
                                   Position, Tx, TxType, replay)
 from app.portfolio.performance import DailySeries
@@ -116,6 +116,8 @@ def _check_name(name: str | None) -> str | None:
     name = name.strip()
     if not 1 <= len(name) <= 100:
         raise AppError("name must be 1–100 characters", field="name")
+    if "\x00" in name:  # PostgreSQL text cannot hold NUL
+        raise AppError("name must not contain NUL characters", field="name")
     return name
 
 
@@ -630,8 +632,11 @@ async def list_transactions(ctx: AppContext, portfolio_id: uuid.UUID, user_id: u
             raise AppError(f"unknown type {type!r}; one of {', '.join(t.value for t in TxType)}", field="type") from None
     if not 1 <= limit <= 500:
         raise AppError("limit must be between 1 and 500", field="limit")
+    symbol = symbol.strip().upper() if symbol else None
+    if symbol is not None and not SYMBOL_RE.match(symbol):
+        raise AppError("symbol must be 1–24 characters of A–Z, 0–9, '.', ':' or '-'", field="symbol")
     after_ts, after_seq = decode_cursor(cursor) if cursor else (None, None)
-    rows = await ctx.db.fetch(q("list_transactions"), portfolio_id, type, symbol.strip().upper() if symbol else None,
+    rows = await ctx.db.fetch(q("list_transactions"), portfolio_id, type, symbol,
                               start, end, after_ts, after_seq, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -753,6 +758,8 @@ async def performance(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UU
     if rng not in RANGES:
         raise AppError(f"range must be one of {', '.join(RANGES)}", field="range")
     bench = benchmark.strip().upper() if benchmark else None
+    if bench is not None and not SYMBOL_RE.match(bench):
+        raise AppError("benchmark must be a ticker symbol such as SPY", field="benchmark")
     if bench is not None and not await known_symbols(ctx.db, [bench]):
         raise Unprocessable(f"unknown benchmark symbol {bench}", field="benchmark")
     version, method = await _owned_version(ctx, portfolio_id, user_id)

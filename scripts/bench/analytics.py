@@ -9,6 +9,12 @@ list of date ordinals and a list of float8 prices, as asyncpg returns them); the
 inside the timing.
 
     .venv/bin/python scripts/bench/analytics.py [--repeat 15] [--holdings 50] [--years 10]
+    .venv/bin/python scripts/bench/analytics.py --http [--repeat 5]
+
+`--http` instead times the endpoints end to end (in-process app, its own throwaway PostgreSQL +
+TimescaleDB cluster, in-process cache) on the demo portfolio of `python -m app seed-demo` (bundled real
+prices 2015–2024, monthly savings, rebalancing, dividends): cold (analytics cache keys and the
+series memo cleared before each request, as after a ledger change) and cached.
 
 No database needed: the report is computed from the data the service would have loaded. Prints one line per figure; exits 1 if ours is over budget.
 """
@@ -117,13 +123,71 @@ def timed(fn, data, repeat: int) -> list[float]:
     return times
 
 
+async def http_bench(repeat: int) -> int:
+    import os
+    import tempfile
+
+    from litestar.testing import AsyncTestClient
+
+    from app.analytics import service as analytics_service
+    from app.asgi import create_app
+    from app.config import load_settings
+    from app.portfolio.cli import DEMO_PASSWORD, seed
+    from tests.support.services import start_cluster
+
+    cluster = start_cluster()
+    try:
+        cluster.create_database("wt_bench")
+        env = {"ENV": "test", "DATABASE_URL": cluster.url("wt_bench"), "JWT_SECRET": "bench-" + "a" * 40,
+               "DATA_DIR": tempfile.mkdtemp(prefix="wt-bench-"), "BCRYPT_ROUNDS": "4", "MARKET_FEED": "off",
+               "LOG_LEVEL": "WARNING", "RATE_LIMIT_PER_MINUTE": "100000"}
+        settings = load_settings(env, dotenv=os.devnull)
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            demo = await seed(settings, password=DEMO_PASSWORD)
+            r = await client.post("/api/auth/login", json={"email": demo["email"], "password": DEMO_PASSWORD})
+            headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+            pid = demo["portfolio_id"]
+            cache = client.app.state.ctx.cache
+            print(f"analytics endpoints on the demo portfolio ({demo['transactions']} transactions), "
+                  f"{repeat} runs each")
+            for path, params in (("risk", {"window": "max"}), ("risk", {"window": "1y"}), ("forecast", {}),
+                                 ("insights", {})):
+                url = f"/api/analytics/portfolio/{pid}/{path}"
+                cold, warm = [], []
+                for _ in range(repeat):
+                    await cache.delete(*await cache.keys("analytics:*"))
+                    analytics_service._SERIES.clear()  # cold = as after a ledger change: series rebuilt too
+                    t = time.perf_counter()
+                    r = await client.get(url, headers=headers, params=params)
+                    cold.append((time.perf_counter() - t) * 1000)
+                    assert r.status_code == 200, r.text
+                    t = time.perf_counter()
+                    r = await client.get(url, headers=headers, params=params)
+                    warm.append((time.perf_counter() - t) * 1000)
+                extra = ""
+                if path == "risk":
+                    body = r.json()
+                    extra = (f"  ({body['metrics']['periods']} returns, "
+                             f"{len(body['contributions']['holdings'])} holdings)")
+                print(f"  GET {path:9s} {str(params):20s} cold median {statistics.median(cold):8.1f} ms   "
+                      f"cached median {statistics.median(warm):6.1f} ms{extra}")
+    finally:
+        cluster.destroy()
+    return 0
+
+
 def main() -> int:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--holdings", type=int, default=50)
     ap.add_argument("--years", type=int, default=10)
+    ap.add_argument("--http", action="store_true", help="time the endpoints end to end on the demo portfolio")
     args = ap.parse_args()
+    if args.http:
+        import asyncio
+
+        return asyncio.run(http_bench(min(args.repeat, 5)))
     data = synthetic(args.holdings, args.years)
     a = timed(ours, data, args.repeat)
     b = timed(quantstats_equivalent, data, args.repeat)

@@ -267,3 +267,42 @@ async def test_insights_narrative_from_a_model_and_its_timeout(test_env, market:
                                 params={"benchmark": market.bench})
         assert r.status_code == 200 and r.json()["narrative"]["source"] == "template"
         assert time.perf_counter() - started < 2.5
+
+
+async def test_bundled_history_portfolio_of_only_spy_tracks_spy(client, database_url: str) -> None:
+    """Real data: a portfolio that is 100 % SPY (no cash) has beta 1, correlation 1 and SPY's own figures
+    against SPY; its window ends at the last bundled close (2024), not today."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT ts, close FROM daily_bars WHERE symbol = 'SPY' AND ts >= '2019-01-02' "
+                                "AND source = 'bundled' ORDER BY ts")
+    finally:
+        await conn.close()
+    assert len(rows) > 1000
+    user = await register_user(client)
+    r = await client.post("/api/portfolio", headers=user.headers, json={"name": "spy only"})
+    pid = r.json()["id"]
+    first = rows[0]
+    at = first["ts"].replace(hour=21).isoformat()
+    qty = Decimal("100")
+    for tx in ({"type": "deposit", "amount": str(qty * first["close"]), "executed_at": at},
+               {"type": "buy", "symbol": "SPY", "quantity": str(qty), "price": str(first["close"]), "executed_at": at}):
+        r = await client.post(f"/api/portfolio/{pid}/transactions", headers=user.headers, json=tx)
+        assert r.status_code == 201, r.text
+    r = await client.get(f"/api/analytics/portfolio/{pid}/risk", headers=user.headers,
+                         params={"window": "3y", "benchmark": "SPY"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    m = body["metrics"]
+    last = rows[-1]["ts"].date()
+    assert m["end_date"] == last.isoformat()
+    assert date.fromisoformat(m["start_date"]) >= last - timedelta(days=3 * 365 + 1)
+    assert m["benchmark"]["beta"] == pytest.approx(1.0, abs=1e-9)
+    assert m["benchmark"]["correlation"] == pytest.approx(1.0, abs=1e-9)
+    assert m["benchmark"]["tracking_error"] == pytest.approx(0.0, abs=1e-9)
+    assert m["volatility"] == pytest.approx(m["benchmark"]["benchmark_volatility"], rel=1e-9)
+    assert m["drawdown"]["max_drawdown"] == pytest.approx(m["benchmark"]["benchmark_max_drawdown"], rel=1e-9)
+    # 2022's bear market is inside the window: a real drawdown with dates in order
+    assert m["drawdown"]["max_drawdown"] < -0.15
+    assert m["drawdown"]["peak_date"] < m["drawdown"]["trough_date"]
+    assert body["contributions"]["holdings"][0]["pct_volatility"] == pytest.approx(1.0)

@@ -29,7 +29,9 @@ async def feed_app(pg_cluster, redis_server, test_env):
     try:
         yield app
     finally:
-        await asyncio.to_thread(app.stop)
+        started = time.monotonic()
+        await asyncio.to_thread(app.stop)  # SIGTERM: sockets (even a stalled one) must not hold the shutdown
+        assert time.monotonic() - started < 15
         assert "token=ey" not in app.logs()  # access tokens in query strings are never logged
 
 

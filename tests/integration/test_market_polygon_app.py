@@ -75,3 +75,47 @@ async def test_polygon_feed_in_the_app_and_auth_failure_reported(pg_cluster, red
     finally:
         await asyncio.to_thread(bad.stop)
         await fake.stop()
+
+
+async def test_cli_history_and_backfill(pg_cluster, test_env):
+    import os
+    import sys
+
+    import asyncpg
+
+    from app.config import PROJECT_ROOT
+
+    fake = FakePolygon(api_key="k-cli")
+    await fake.start()
+    name = "wt_market_cli_" + uuid.uuid4().hex[:6]
+    pg_cluster.create_database(name)
+    url = pg_cluster.url(name)
+    minute = (int(time.time() * 1000) // 60_000 - 30) * 60_000
+    fake.minute_bars["AAPL"] = {minute + i * 60_000: {"o": 10 + i, "h": 11 + i, "l": 9 + i, "c": 10.5 + i, "v": 100,
+                                                      "t": minute + i * 60_000, "n": 3} for i in range(30)}
+    env = {**os.environ, **test_env, "DATABASE_URL": url, "POLYGON_API_KEY": "k-cli", "POLYGON_REST_URL": fake.rest_url,
+           "POLYGON_SYMBOLS": "AAPL"}
+
+    async def run(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", *args, cwd=PROJECT_ROOT, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode()
+
+    try:
+        code, out = await run("market-history")
+        assert code == 0 and "rows written" in out, out
+        code, out = await run("market-history")
+        assert code == 0 and "already loaded" in out, out
+        code, out = await run("market-backfill", "--days", "1")
+        assert code == 0 and "backfill: 30 bars written" in out, out
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM minute_bars WHERE symbol = 'AAPL'") == 30
+        finally:
+            await conn.close()
+        env["POLYGON_API_KEY"] = "k-wrong"
+        code, out = await run("market-backfill")
+        assert code == 1 and "backfill failed" in out and "401" in out, out
+    finally:
+        await fake.stop()

@@ -51,8 +51,10 @@ async def test_one_ingests_both_stream_and_the_other_takes_over(pg_cluster, redi
             await ws.send(sub)
         ev_a, ev_b = await first_events(wa, 10), await first_events(wb, 10)  # both replicas stream
         assert ev_a and ev_b
-        leaders = await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                                    "AND objid = $1", 0x4D4B_5446_4545_44 & 0xFFFFFFFF)
+        leaders = await db.fetchval(  # pg_locks is cluster-wide; other tests' apps use other databases
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            0x4D4B_5446_4545_44 & 0xFFFFFFFF)
         assert leaders == 1
         await wa.close()
         killed_at = time.time()

@@ -55,3 +55,15 @@ def test_development_signing_key_is_generated_once_and_kept(tmp_path):
     first = s.signing_key()
     assert len(first) >= 32 and first == s.signing_key()
     assert (tmp_path / "jwt_secret").stat().st_mode & 0o077 == 0
+
+
+def test_every_setting_is_documented_in_readme_and_env_example():
+    import msgspec
+
+    from app.config import PROJECT_ROOT, Settings
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    example = (PROJECT_ROOT / ".env.example").read_text()
+    names = [f.name.upper() for f in msgspec.structs.fields(Settings)]
+    assert [n for n in names if f"`{n}`" not in readme] == []
+    assert [n for n in names if f"# {n}=" not in example] == []

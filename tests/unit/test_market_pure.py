@@ -163,3 +163,16 @@ def test_parse_bundled_skips_empty_cells(tmp_path: Path):
     rows, checksum = parse_bundled((f,))
     assert rows == [("AAA", "2024-01-02", "1.234568"), ("BBB", "2024-01-03", "5.000000")]
     assert len(checksum) == 64
+
+
+def test_minute_bars_reach_the_feed_and_polygon_day_fields_are_trusted():
+    book = QuoteBook()
+    book.seed("AAPL", prev_close=Decimal("100"), price=100.0, price_ts=T0 - DAY_MS)
+    book.on_bar(MinuteAgg(sym="AAPL", o=101.0, h=102.0, l=100.5, c=101.5, v=1200, s=T0, e=T0 + 60_000, av=50_000,
+                          op=100.8))
+    snap = book.snapshot("AAPL")
+    assert snap.open == Decimal("100.8") and snap.volume == 50_000 and snap.high == Decimal("102.0")
+    bars = book.take_feed()["AAPL"]["bars"]
+    assert len(bars) == 1 and json.loads(__import__("msgspec").json.encode(bars[0])) == {
+        "type": "bar", "symbol": "AAPL", "ts": T0, "open": "101.0", "high": "102.0", "low": "100.5",
+        "close": "101.5", "volume": 1200}

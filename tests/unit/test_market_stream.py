@@ -135,3 +135,38 @@ def test_register_action_refuses_builtins_and_duplicates():
         pass
     else:
         raise AssertionError("duplicate action accepted")
+
+
+class SlowSocket(StubSocket):
+    """Takes every frame, but each one keeps the server waiting (a reader slower than the feed)."""
+
+    async def send_data(self, data: str, mode: str = "text") -> None:
+        await asyncio.sleep(0.05)
+        self.frames.append(json.loads(data))
+
+
+async def test_a_client_that_stays_behind_is_closed_even_if_every_send_completes():
+    hub = make_hub(timeout=0.4)
+    sock = SlowSocket()
+    conn = connect(hub, sock, {"AAPL": {"trades", "quotes"}})
+    task = asyncio.create_task(conn.writer())
+    deadline = time.monotonic() + 3
+    k = 0
+    while not task.done() and time.monotonic() < deadline:
+        hub.dispatch(batch(k))
+        k += 1
+        await asyncio.sleep(0.01)
+    assert task.done() and sock.closed is not None and sock.closed[0] == CLOSE_SLOW
+    assert "behind" in sock.closed[1] and conn.conflated > 0 and len(sock.frames) > 3
+
+
+async def test_a_healthy_client_is_never_closed():
+    hub = make_hub(timeout=0.2)
+    sock = StubSocket()
+    conn = connect(hub, sock, {"AAPL": {"trades"}})
+    task = asyncio.create_task(conn.writer())
+    for k in range(60):
+        hub.dispatch(batch(k))
+        await asyncio.sleep(0.01)
+    assert not task.done() and sock.closed is None and conn.conflated == 0 and len(sock.frames) == 60
+    task.cancel()
