@@ -185,7 +185,8 @@ class Pipeline:
         self._wake.set()
 
     def depth(self) -> int:
-        return len(self.trades) + len(self.bars) + len(self.daily)
+        """Events not yet written: buffered, and held by a writer for a retry."""
+        return len(self.trades) + len(self.bars) + len(self.daily) + self._inflight
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -214,6 +215,7 @@ class Pipeline:
                 await asyncio.sleep(0.005)
 
     _busy = 0
+    _inflight = 0
 
     # --- writers ---------------------------------------------------------------------------------
     async def _wait_for_work(self, ready) -> None:
@@ -239,12 +241,14 @@ class Pipeline:
                 rows = trade_rows(batch)
                 last_ms = batch[-1].t
                 del batch
+                self._inflight += len(rows)
             self._busy += 1
             try:
                 async with self.db.pool.acquire() as conn:
                     await conn.copy_records_to_table("trades", records=rows, columns=TRADE_COLUMNS)
                 self.written_trades += len(rows)
                 self._written(last_ms)
+                self._inflight -= len(rows)
                 rows = []
                 backoff = 0.2
             except asyncio.CancelledError:
@@ -252,10 +256,11 @@ class Pipeline:
             except (asyncpg.PostgresError, OSError, asyncio.TimeoutError, asyncpg.InterfaceError) as exc:
                 self._failed(exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 2.0)
             except Exception as exc:  # a bad row must not kill the writer: drop the batch, count it
                 self._failed(exc)
                 self.dropped += len(rows)
+                self._inflight -= len(rows)
                 rows = []
             finally:
                 self._busy -= 1
@@ -300,7 +305,7 @@ class Pipeline:
             except Exception as exc:
                 self._failed(exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 2.0)
             finally:
                 self._busy -= 1
 

@@ -51,6 +51,7 @@ class MarketService:
         self.publish_errors = 0
         self.feed_error: str | None = None
         self._election: asyncio.Task | None = None
+        self._drain_task: asyncio.Task | None = None
         self._rate_task: asyncio.Task | None = None
         self._rates = {"events_per_second": 0.0, "written_per_second": 0.0}
         self.loop_lag_ms = 0.0
@@ -68,6 +69,10 @@ class MarketService:
         if self._election:
             self._election.cancel()
             await asyncio.gather(self._election, return_exceptions=True)
+        pipeline = self._resume_draining()
+        if pipeline is not None:
+            await pipeline.stop(drain_timeout=2.0)
+            self.pipeline = None
         if self._rate_task:
             self._rate_task.cancel()
         await self.hub.stop()
@@ -117,11 +122,14 @@ class MarketService:
     async def _lead(self) -> None:
         s = self.settings
         self.state = "starting"
-        book = QuoteBook()
-        pipeline = Pipeline(self.ctx.db, queue_size=s.ingest_queue_size, batch_size=s.ingest_batch_size,
-                            flush_interval=s.ingest_flush_interval, book=book, source=s.market_feed)
+        pipeline = self._resume_draining()
+        if pipeline is None:  # (a pipeline still writing what we buffered before is taken over as is)
+            pipeline = Pipeline(self.ctx.db, queue_size=s.ingest_queue_size, batch_size=s.ingest_batch_size,
+                                flush_interval=s.ingest_flush_interval, book=QuoteBook(), source=s.market_feed)
+            pipeline.start()
+        book = pipeline.book
+        assert book is not None
         self.book, self.pipeline = book, pipeline
-        pipeline.start()
         tasks: list[asyncio.Task] = []
         try:
             await self._seed_book(book)
@@ -133,8 +141,15 @@ class MarketService:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await pipeline.stop(drain_timeout=2.0)
             self.feed = None
+            if pipeline.depth():
+                # Leadership lost (e.g. the database went away) with events still buffered: they are
+                # ours alone (no other replica received them), so keep writing them in the
+                # background, retrying until the database is back.
+                self._drain_task = asyncio.create_task(self._drain(pipeline), name="market-drain")
+            else:
+                await pipeline.stop(drain_timeout=0)
+                self.pipeline = None
 
     async def _run_feed(self, pipeline: Pipeline, book: QuoteBook) -> None:
         """The feed, restarted after a crash (never silently dead)."""
@@ -164,6 +179,23 @@ class MarketService:
                 log.exception("market feed crashed; restarting", extra={"delay": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def _drain(self, pipeline: Pipeline) -> None:
+        try:
+            await pipeline.flushed(timeout=3600)
+        except TimeoutError:
+            log.warning("market: buffered events could not be written within an hour; dropped",
+                        extra={"events": pipeline.depth()})
+        await pipeline.stop(drain_timeout=0)
+        if self.pipeline is pipeline:
+            self.pipeline = None
+
+    def _resume_draining(self) -> Pipeline | None:
+        task, self._drain_task = self._drain_task, None
+        if task is None or task.done() or self.pipeline is None:
+            return None
+        task.cancel()  # cancelled inside flushed(): the pipeline itself keeps running
+        return self.pipeline
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -302,9 +334,10 @@ class MarketService:
             last_r, last_w = r, w
 
     def status(self) -> dict[str, Any]:
-        p = self.pipeline if self.is_leader else None
+        p = self.pipeline  # while leading, or still writing what it buffered before losing the lead
         out: dict[str, Any] = {
             "feed": self.settings.market_feed, "state": self.state, "ingesting": self.is_leader,
+            "draining": self._drain_task is not None and not self._drain_task.done(),
             "leader_since": self.leader_since if self.is_leader else None,
             **self._rates,
             "lag_ms": p.lag_ms if p else None, "queue_depth": p.depth() if p else 0,

@@ -177,9 +177,6 @@ def test_ingestion_resumes_after_a_postgresql_restart(test_env, tmp_path):
     _ingest_through_a_restart(test_env, tmp_path, check)
 
 
-@pytest.mark.xfail(strict=True, reason="market (app/market/service.py _lead): losing leadership when the database "
-                                       "connection drops stops the pipeline without a drain (db_ok is False) and "
-                                       "discards its buffer; the events of the outage are never written")
 def test_ingestion_buffer_of_the_outage_is_flushed_after_a_postgresql_restart(test_env, tmp_path):
     def check(*, buffered, down_from, down_to, count, **_):
         assert buffered >= 100, f"no buffer observed during the outage ({buffered})"

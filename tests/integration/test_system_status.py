@@ -106,3 +106,16 @@ def test_metrics_for_an_admin_from_anywhere(metrics_app, database_url):
     headers = register_sync(metrics_app.base_url, admin_database_url=database_url)
     r = httpx.get(f"{metrics_app.base_url}/metrics", headers={**headers, "X-Forwarded-For": "203.0.113.9"})
     assert r.status_code == 200 and "wt_status" in r.text
+
+
+async def test_while_draining_readiness_is_503(client):
+    from app.system.shutdown import DRAIN
+
+    DRAIN.draining = True
+    try:
+        r = await client.get("/health/ready")
+        assert r.status_code == 503 and r.json()["checks"]["shutdown"] == {"ok": False, "error": "draining"}
+        assert (await client.get("/health/live")).status_code == 200
+    finally:
+        DRAIN.draining = False
+    assert (await client.get("/health/ready")).status_code == 200
