@@ -105,7 +105,11 @@ class AppProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(30)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # do not leave it behind; say what it was doing
+                raise RuntimeError(f"app did not exit within 30 s of signal {sig}: {self.logs()[-3000:]}") from None
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
