@@ -371,9 +371,16 @@ class DrawdownRule(Rule):
                      **({"peak_date": facts.drawdown_peak_date} if facts.drawdown_peak_date else {})},
             threshold={"warning": lv.warning, **({"critical": lv.critical} if lv.critical is not None else {})},
             explanation=(f"The portfolio's investment value (deposits and withdrawals removed) has fallen "
-                         f"{pct(depth)}{since}; it needs a {pct(1 / (1 - depth) - 1)} gain to get back."),
+                         f"{pct(depth)}{since}; {_recovery_phrase(depth)}."),
             action="Check the position is still the one you want; avoid selling only because of the fall.",
             score=_score(sev, depth, lv.warning))]
+
+
+def _recovery_phrase(depth: float) -> str:
+    """The gain needed to get back to the peak; a total loss cannot be recovered by any gain."""
+    if depth >= 1:
+        return "it has lost everything, so no gain on what is left can bring it back"
+    return f"it needs a {pct(1 / (1 - depth) - 1)} gain to get back"
 
 
 class VolatilityRegimeRule(Rule):

@@ -35,7 +35,8 @@ class LatestPrice(msgspec.Struct):
 def normalize_symbols(symbols: Sequence[str]) -> list[str]:
     seen: dict[str, None] = {}
     for s in symbols:
-        if isinstance(s, str) and s.strip():
+        # A NUL cannot be stored in PostgreSQL text, so no asset has one: such a name is simply unknown.
+        if isinstance(s, str) and s.strip() and "\x00" not in s:
             seen[s.strip().upper()] = None
     return list(seen)
 

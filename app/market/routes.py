@@ -129,9 +129,11 @@ def _parse_time(value: str | None, name: str, *, end: bool = False) -> datetime 
             dt = datetime(d.year, d.month, d.day, tzinfo=UTC)
             return dt + timedelta(days=1) if end else dt  # a date as `end` includes that day
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     except ValueError:
         raise AppError(f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 time", field=name) from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    except OverflowError:  # e.g. end=9999-12-31 (the day after does not exist) or year 1 shifted to UTC
+        raise AppError(f"{name} is outside the supported range of years 1–9999", field=name) from None
 
 
 @get("/history/{symbol:str}", summary="OHLCV bars")

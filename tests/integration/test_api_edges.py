@@ -225,3 +225,45 @@ async def test_unstorable_text_that_escapes_validation_is_a_400_not_a_500() -> N
         r = await c.post("/store")
         assert r.status_code == 400 and r.headers["content-type"].startswith(PROBLEM), r.text
         assert (await c.post("/recurse")).status_code == 500
+
+
+# --- reported by the QA sweep in the market and analytics domains, fixed afterwards ------------------
+
+@pytest.mark.parametrize("query", ["end=9999-12-31", "start=9999-12-31&end=9999-12-31",
+                                   "start=0001-01-01T00:00:00%2B01:00", "end=9999-12-31T23:59:59-01:00"])
+async def test_history_dates_at_the_ends_of_the_calendar_are_a_400(client, query):
+    user = await register_user(client)
+    r = await client.get(f"/api/markets/history/AAPL?{query}", headers=user.headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["field"] in ("start", "end")
+
+
+async def test_known_symbols_treats_a_nul_name_as_unknown(client, database_url):
+    from app.db import Database
+    from app.market.prices import known_symbols
+
+    db = Database(await asyncpg.create_pool(database_url, min_size=1, max_size=1))
+    try:
+        assert await known_symbols(db, ["a\x00b", "AAPL"]) == {"AAPL"}
+    finally:
+        await db.close()
+
+
+def test_drawdown_insight_of_a_total_loss_has_no_division_by_zero():
+    from app.analytics.insights import _recovery_phrase
+
+    assert "lost everything" in _recovery_phrase(1.0)
+    assert "gain to get back" in _recovery_phrase(0.5)
+
+
+async def test_insights_of_a_portfolio_that_lost_everything_answer(client):
+    """QA repro: a holding bought and sold at 0 is a 100 % drawdown; insights used to divide by zero."""
+    user = await register_user(client)
+    pid = (await client.post("/api/portfolio", json={"name": "wiped out"}, headers=user.headers)).json()["id"]
+    for day, side in (("2024-01-02", "buy"), ("2024-01-03", "sell")):
+        r = await client.post(f"/api/portfolio/{pid}/transactions", headers=user.headers,
+                              json={"type": side, "symbol": "AAPL", "quantity": "1", "price": "0",
+                                    "executed_at": f"{day}T15:00:00Z"})
+        assert r.status_code == 201, r.text
+    r = await client.get(f"/api/analytics/portfolio/{pid}/insights", headers=user.headers)
+    assert r.status_code in (200, 422), r.text
