@@ -584,6 +584,10 @@ def _point_dates(dates: Sequence[date] | None, n: int) -> list[date | None] | No
     ends; the start point then has no date) or one more (the first is the start, wealth 1)."""
     if dates is None:
         return None
+    for i in range(1, len(dates)):  # a series is in time order, one return per period
+        if not dates[i] > dates[i - 1]:
+            raise InvalidSeries(f"dates must increase strictly (entry {i}: {dates[i]} after {dates[i - 1]})",
+                                field="dates")
     if len(dates) == n:
         return [None, *dates]
     if len(dates) == n + 1:

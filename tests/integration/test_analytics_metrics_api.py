@@ -72,7 +72,7 @@ async def test_bad_input_is_4xx_never_500(client) -> None:
         ({"returns": [-2.0] + [0.01] * 30}, 422),
         ({"returns": [0.01] * 30, "benchmark_returns": [0.01] * 29}, 422),
         ({"returns": [0.01] * 30, "dates": ["2024-01-01"]}, 422),
-        ({"returns": [0.01] * 30, "dates": ["2024-01-01"] * 30}, 200),  # dates only label; no join needed
+        ({"returns": [0.01] * 30, "dates": ["2024-01-01"] * 30}, 422),  # dates must increase: they date drawdowns
         ({"returns": [0.01] * 30, "dates": ["2024-01-01"] * 30, "benchmark_returns": [0.01] * 30,
           "benchmark_dates": ["2024-01-01"] * 30}, 422),  # repeated dates cannot be joined
     ]

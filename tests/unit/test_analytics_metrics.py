@@ -350,3 +350,18 @@ def test_full_report_never_contains_nan(r: np.ndarray) -> None:
                 walk(v)
 
     walk(msgspec.to_builtins(rep))
+
+
+def test_dates_out_of_order_are_refused_naming_the_field():
+    from datetime import date
+
+    import pytest as _pytest
+
+    from app.analytics import metrics as _mt
+
+    r = [0.01, -0.02, 0.03] * 10
+    days = [date(2024, 1, 1 + i) for i in range(len(r))]
+    days[5], days[6] = days[6], days[5]
+    with _pytest.raises(_mt.InvalidSeries) as err:
+        _mt.compute_metrics(r, dates=days)
+    assert err.value.field == "dates"
