@@ -58,8 +58,11 @@ class Drain:
         for sock in closing:
             sock.closed = True
             try:
-                await sock.send({"type": "websocket.close", "code": GOING_AWAY, "reason": "server shutting down"})
-            except Exception:  # the peer is already gone
+                # bounded: a peer that stopped reading must not hold up the whole shutdown
+                async with asyncio.timeout(wait):
+                    await sock.send({"type": "websocket.close", "code": GOING_AWAY,
+                                     "reason": "server shutting down"})
+            except Exception:  # the peer is already gone, or does not take the frame in time
                 sock.done.set()
         if closing:
             pending = [asyncio.ensure_future(s.done.wait()) for s in closing]
@@ -123,7 +126,8 @@ class GracefulServer(uvicorn.Server):
             server.close()
         wait = min(2.0, max(0.1, self.config.timeout_graceful_shutdown or 2.0) / 2)
         try:
-            await DRAIN.begin(wait=wait)
+            async with asyncio.timeout(4 * wait + 1):
+                await DRAIN.begin(wait=wait)
         except Exception:  # shutting down must go on whatever happens here
             log.exception("drain failed")
         await super().shutdown(sockets)
