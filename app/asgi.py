@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -86,7 +87,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
+        stack = AsyncExitStack()
+        try:
             pool = await create_pool(settings)
             db = Database(pool)
             stack.push_async_callback(db.close)
@@ -104,7 +106,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             log.info("started", extra={"version": __version__, "env": settings.env, "cache": cache.kind,
                                        "market_feed": settings.market_feed})
             yield
+        finally:
             log.info("stopping")
+            # Domains stop in reverse order (market flushes while the pool is still open). The whole
+            # of it is bounded: a stuck component must not keep a stopping replica alive forever.
+            try:
+                async with asyncio.timeout(settings.shutdown_timeout):
+                    await stack.aclose()
+            except TimeoutError:
+                log.error("shutdown did not finish within SHUTDOWN_TIMEOUT; exiting anyway",
+                          extra={"timeout_s": settings.shutdown_timeout})
 
     def provide_ctx(state: State) -> AppContext:
         return state.ctx

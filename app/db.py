@@ -213,5 +213,11 @@ class Database:
         return {"size": self.pool.get_size(), "idle": self.pool.get_idle_size(),
                 "min": self.pool.get_min_size(), "max": self.pool.get_max_size()}
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close gracefully; connections still held after `timeout` are terminated (a stuck query
+        must not hold up a shutdown)."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            log.warning("database pool did not close in time; terminating its connections")
+            self.pool.terminate()

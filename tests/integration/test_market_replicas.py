@@ -30,7 +30,7 @@ async def test_one_ingests_both_stream_and_the_other_takes_over(pg_cluster, redi
     pg_cluster.create_database(name)
     url = pg_cluster.url(name)
     env = {**test_env, "DATABASE_URL": url, "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/6",
-           "MARKET_FEED": "simulator", "SIMULATOR_RATE": "300", "FEED_FLUSH_INTERVAL": "0.02"}
+           "MARKET_FEED": "simulator", "SIMULATOR_RATE": "300", "FEED_FLUSH_INTERVAL": "0.02", "LOG_LEVEL": "INFO"}
     a, b = AppProcess(env), AppProcess(env)
     await asyncio.to_thread(a.start, 60)
     db = await asyncpg.connect(url)
