@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -105,6 +106,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     await stack.enter_async_context(domain.lifespan(ctx))
             log.info("started", extra={"version": __version__, "env": settings.env, "cache": cache.kind,
                                        "market_feed": settings.market_feed})
+            # Everything built so far (modules, bundled data, the password list …) lives as long as
+            # the process: keep it out of the cyclic GC, whose full passes over it stalled requests.
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             log.info("stopping")
