@@ -8,6 +8,7 @@ Ranking: severity (critical > warning > info) first, then how far past its thres
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, Literal
 
 import msgspec
@@ -198,11 +199,11 @@ def _score(severity: Severity, value: float, threshold: float) -> float:
 
 # --- rules --------------------------------------------------------------------------------------------
 
-class Rule:
+class Rule(ABC):
     kind: ClassVar[str]
 
-    def evaluate(self, facts: InsightFacts, t: InsightThresholds) -> list[Finding]:
-        raise NotImplementedError
+    @abstractmethod
+    def evaluate(self, facts: InsightFacts, t: InsightThresholds) -> list[Finding]: ...
 
 
 class SinglePositionRule(Rule):
@@ -253,8 +254,8 @@ class _GroupRule(Rule):
     label: ClassVar[str]
     title_fmt: ClassVar[str]  # "{share}" and "{name}"
 
-    def levels(self, t: InsightThresholds) -> _Levels:
-        raise NotImplementedError
+    @abstractmethod
+    def levels(self, t: InsightThresholds) -> _Levels: ...
 
     def evaluate(self, facts: InsightFacts, t: InsightThresholds) -> list[Finding]:
         lv = self.levels(t)
