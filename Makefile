@@ -23,7 +23,7 @@ db-stop:
 	.venv/bin/python -m app db stop
 
 bench: setup
-	@for b in scripts/bench/*.py; do echo "== $$b"; .venv/bin/python $$b || exit 1; done
+	@for b in scripts/bench/[!_]*.py; do echo "== $$b"; .venv/bin/python $$b || exit 1; done
 
 clean:
 	-.venv/bin/python -m app db stop

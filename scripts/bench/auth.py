@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from _http import load, one, request, start_server, summarize  # noqa: E402  (scripts/bench/_http.py)
 
 JWT_SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "benchmark passphrase 1"
@@ -65,64 +66,14 @@ def serve_noauth(port: int) -> None:
 
 # --- load generator -------------------------------------------------------------------------------
 
-def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers.items()]
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
-    writer.write(req)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    lower = head.lower()
-    i = lower.find(b"content-length:")
-    length = int(lower[i + 15:lower.find(b"\r\n", i)]) if i >= 0 else 0
-    if length:
-        await reader.readexactly(length)
-    return status
-
-
-async def load(port: int, req: bytes, seconds: float, connections: int) -> dict:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                status = await _one(reader, writer, req)
-                latencies.append(time.perf_counter() - started)
-                if status != 200:
-                    errors += 1
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*[worker() for _ in range(connections)])
-    elapsed = time.perf_counter() - started
-    return summarize(latencies, elapsed, errors)
-
-
-def summarize(latencies: list[float], elapsed: float, errors: int = 0) -> dict:
-    lat = sorted(latencies)
-    pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
-    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "max_ms": lat[-1] * 1000 if lat else float("nan"), "errors": errors}
-
-
 async def probe(port: int, stop: asyncio.Event, interval: float = 0.02) -> list[float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    req = _request("GET", "/health/live", {})
+    req = request("GET", "/health/live", {})
     out: list[float] = []
     try:
         while not stop.is_set():
             started = time.perf_counter()
-            assert await _one(reader, writer, req) == 200
+            assert await one(reader, writer, req) == 200
             out.append(time.perf_counter() - started)
             await asyncio.sleep(interval)
     finally:
@@ -131,24 +82,6 @@ async def probe(port: int, stop: asyncio.Event, interval: float = 0.02) -> list[
 
 
 # --- orchestration --------------------------------------------------------------------------------
-
-def start_server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    import httpx
-
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env, "PORT": str(port)},
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-
 
 async def run(args: argparse.Namespace) -> dict:
     import httpx
@@ -174,7 +107,7 @@ async def run(args: argparse.Namespace) -> dict:
                "BCRYPT_ROUNDS": "12", "RATE_LIMIT_PER_MINUTE": "100000000", "LOGIN_ATTEMPTS_PER_MINUTE": "1000000",
                "HOST": "127.0.0.1"}
         port_a, port_b = free_port(), free_port()
-        procs.append(start_server([sys.executable, "-m", "app", "serve"], env, port_a, logdir / "a.log"))
+        procs.append(start_server([sys.executable, "-m", "app", "serve"], env, port_a, logdir / "a.log", wait=60))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_a}", timeout=30) as http:
             r = await http.post("/api/auth/register", json={"email": "bench@example.com", "password": PASSWORD})
             r.raise_for_status()
@@ -186,8 +119,8 @@ async def run(args: argparse.Namespace) -> dict:
         procs.append(start_server([sys.executable, str(Path(__file__).resolve()), "serve-noauth", str(port_b)],
                                   env_b, port_b, logdir / "b.log"))
 
-        me_auth = _request("GET", "/api/user/me", {"Authorization": f"Bearer {token}"})
-        me_none = _request("GET", "/api/user/me", {})
+        me_auth = request("GET", "/api/user/me", {"Authorization": f"Bearer {token}"})
+        me_none = request("GET", "/api/user/me", {})
         await load(port_a, me_auth, 1.0, args.connections)  # warm-up both
         await load(port_b, me_none, 1.0, args.connections)
         on, off = [], []
@@ -211,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict:
         stop = asyncio.Event()
         probe_task = asyncio.create_task(probe(port_a, stop))
         login_body = json.dumps({"email": "bench@example.com", "password": PASSWORD}).encode()
-        login_req = _request("POST", "/api/auth/login", {"Content-Type": "application/json"}, login_body)
+        login_req = request("POST", "/api/auth/login", {"Content-Type": "application/json"}, login_body)
         logins = await load(port_a, login_req, args.seconds * 2, args.login_connections)
         stop.set()
         busy = summarize(await probe_task, args.seconds * 2)

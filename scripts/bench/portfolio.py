@@ -34,82 +34,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from _http import load, request, start_server  # noqa: E402  (scripts/bench/_http.py)
+
+SERVE = [sys.executable, "-m", "app", "serve"]
 
 JWT_SECRET = "bench-secret-" + "p" * 40
 PASSWORD = "benchmark passphrase 1"
 BUNDLED = ["AAPL", "AMD", "AMZN", "BABA", "BAC", "BBY", "GE", "GM", "GOOG", "JPM", "MA", "META", "PFE", "RRC",
            "SBUX", "T", "UAA", "WMT", "XOM", "SPY"]
 SYNTHETIC = [f"BNCH{k:02d}" for k in range(30)]
-
-
-def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers.items()]
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
-    writer.write(req)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    lower = head.lower()
-    i = lower.find(b"content-length:")
-    length = int(lower[i + 15:lower.find(b"\r\n", i)]) if i >= 0 else 0
-    if length:
-        await reader.readexactly(length)
-    return status
-
-
-def summarize(latencies: list[float], elapsed: float, errors: int = 0) -> dict:
-    lat = sorted(latencies)
-    pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
-    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "max_ms": lat[-1] * 1000 if lat else float("nan"), "errors": errors}
-
-
-async def load(port: int, reqs: list[bytes], seconds: float, connections: int, ok: int = 200) -> dict:
-    """`connections` keep-alive clients; client k sends reqs[k % len(reqs)] in a loop."""
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker(k: int) -> None:
-        nonlocal errors
-        req = reqs[k % len(reqs)]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                status = await _one(reader, writer, req)
-                latencies.append(time.perf_counter() - started)
-                if status != ok:
-                    errors += 1
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*[worker(k) for k in range(connections)])
-    return summarize(latencies, time.perf_counter() - started, errors)
-
-
-def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    import httpx
-
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT,
-                            env={**os.environ, **env, "PORT": str(port)}, stdout=open(log, "ab"),
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
 
 
 async def add_synthetic_assets(database_url: str) -> None:
@@ -187,7 +120,7 @@ async def run(args: argparse.Namespace) -> dict:
                "DATA_DIR": str(logdir), "MARKET_FEED": args.feed, "LOG_LEVEL": "WARNING", "BCRYPT_ROUNDS": "12",
                "RATE_LIMIT_PER_MINUTE": "100000000", "HOST": "127.0.0.1", "DB_POOL_MAX": "20"}
         port = free_port()
-        proc = start_server(env, port, logdir / "server.log")
+        proc = start_server(SERVE, env, port, logdir / "server.log")
         await add_synthetic_assets(url)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
             r = await http.post("/api/auth/register", json={"email": "bench@example.com", "password": PASSWORD})
@@ -211,9 +144,9 @@ async def run(args: argparse.Namespace) -> dict:
                 portfolios.append(p)
 
         hdr = {"Authorization": f"Bearer {token}"}
-        summary_req = [_request("GET", f"/api/portfolio/{pid}/summary", hdr)]
-        trivial_req = [_request("GET", "/health/live", {})]
-        authed_req = [_request("GET", f"/api/portfolio/{pid}", hdr)]
+        summary_req = [request("GET", f"/api/portfolio/{pid}/summary", hdr)]
+        trivial_req = [request("GET", "/health/live", {})]
+        authed_req = [request("GET", f"/api/portfolio/{pid}", hdr)]
         await load(port, summary_req, 1.0, args.connections)
         await load(port, trivial_req, 1.0, args.connections)
         rows: dict[str, list[dict]] = {"summary": [], "trivial": [], "authed_trivial": []}
@@ -228,7 +161,7 @@ async def run(args: argparse.Namespace) -> dict:
 
         def post(p: str) -> bytes:
             body = json.dumps({"type": "buy", "symbol": "AAPL", "quantity": "1", "price": "190"}).encode()
-            return _request("POST", f"/api/portfolio/{p}/transactions", {**hdr, "Content-Type": "application/json"},
+            return request("POST", f"/api/portfolio/{p}/transactions", {**hdr, "Content-Type": "application/json"},
                             body)
 
         result["post_one_portfolio"] = await load(port, [post(pid)], args.seconds, args.connections, ok=201)

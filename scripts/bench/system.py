@@ -33,60 +33,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from _http import load, request, start_server  # noqa: E402  (scripts/bench/_http.py)
+
+SERVE = [sys.executable, "-m", "app", "serve"]
 
 JWT_SECRET = "bench-secret-" + "s" * 40
-
-
-def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
-    writer.write(req)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    if length:
-        await reader.readexactly(length)
-    return status
-
-
-async def load(port: int, req: bytes, seconds: float, connections: int) -> dict:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                status = await _one(reader, writer, req)
-                latencies.append(time.perf_counter() - started)
-                if status != 200:
-                    errors += 1
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*[worker() for _ in range(connections)])
-    return summarize(latencies, time.perf_counter() - started, errors)
-
-
-def summarize(latencies: list[float], elapsed: float, errors: int = 0) -> dict:
-    lat = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else float("nan")
-
-    return {"requests": len(lat), "rps": round(len(lat) / elapsed, 1), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "max_ms": round(lat[-1] * 1000, 3) if lat else float("nan"), "errors": errors}
 
 
 def metric(port: int, name: str, labels: str = "") -> float | None:
@@ -106,26 +57,6 @@ def lag(port: int) -> dict:
         v = metric(port, "wt_event_loop_lag_window_seconds", f'stat="{stat}"')
         out[f"{stat}_ms"] = None if v is None else round(v * 1000, 2)
     return out
-
-
-def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    import httpx
-
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT,
-                            env={**os.environ, **env, "PORT": str(port), "HOST": "127.0.0.1"},
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -180,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         # --- 1. the cost of /api/system/status ---------------------------------------------------
         port = free_port()
-        proc = start_server(base_env, port, logdir / "app.log")
+        proc = start_server(SERVE, base_env, port, logdir / "app.log", ready="/health/ready", wait=90)
         procs.append(proc)
         user = register(port)
         admin = register(port, cluster.url("bench"))
@@ -190,17 +121,17 @@ def run(args: argparse.Namespace) -> dict:
                                     ("baseline_user_me", "/api/user/me", user),
                                     ("status_summary", "/api/system/status", user),
                                     ("status_admin", "/api/system/status", admin)):
-            asyncio.run(load(port, _request("GET", path, headers), 1.0, args.connections))  # warm-up
-            results[name] = asyncio.run(load(port, _request("GET", path, headers), args.seconds, args.connections))
+            asyncio.run(load(port, request("GET", path, headers), 1.0, args.connections))  # warm-up
+            results[name] = asyncio.run(load(port, request("GET", path, headers), args.seconds, args.connections))
         results["event_loop_lag_under_http_load"] = lag(port)
-        single = asyncio.run(load(port, _request("GET", "/api/system/status", user), args.seconds, 1))
+        single = asyncio.run(load(port, request("GET", "/api/system/status", user), args.seconds, 1))
         results["status_summary_one_connection"] = single
         stop_server(proc)
 
         # --- 2. event-loop lag while the market feed ingests ------------------------------------------
         port = free_port()
         env = {**base_env, "MARKET_FEED": "simulator", "SIMULATOR_RATE": str(args.rate)}
-        proc = start_server(env, port, logdir / "app-ingest.log")
+        proc = start_server(SERVE, env, port, logdir / "app-ingest.log", ready="/health/ready", wait=90)
         procs.append(proc)
         admin = register(port, cluster.url("bench"))
         before = None

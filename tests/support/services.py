@@ -86,9 +86,12 @@ class AppProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "app", "serve"]
+
     def start(self, wait: float = 30.0) -> None:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=PROJECT_ROOT, env=self.env,
+        self.proc = subprocess.Popen(self.command(), cwd=PROJECT_ROOT, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

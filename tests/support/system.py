@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import httpx
 
-from app.config import PROJECT_ROOT
 from tests.support.services import AppProcess
 
 
@@ -22,26 +20,12 @@ class ServeProcess(AppProcess):
         super().__init__({"OPTIMIZER_WORKERS": "1", **env}, port)
         self.extra_domains = extra_domains
 
-    def start(self, wait: float = 30.0) -> None:
+    def command(self) -> list[str]:
         if not self.extra_domains:
-            super().start(wait)
-            return
+            return super().command()
         code = ("import sys, app.asgi as a; a.DOMAIN_MODULES.extend(sys.argv[1:]); "
                 "from app.__main__ import main; main(['serve'])")
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *self.extra_domains], cwd=PROJECT_ROOT,
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}: {self.logs()[-2000:]}")
-            try:
-                if httpx.get(f"{self.base_url}/health/live", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"app did not start: {self.logs()[-2000:]}")
+        return [sys.executable, "-c", code, *self.extra_domains]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
