@@ -47,8 +47,8 @@ DOMAIN_MODULES: list[str] = [
 REQUEST_MAX_BODY_SIZE = 10 * 1024 * 1024
 
 
-def require_json_body(request: Request) -> None:
-    """A route with a JSON `data` body refuses a body declared as something else (415, naming
+async def require_json_body(request: Request) -> None:
+    """(async: Litestar runs a sync hook in a thread pool, on every request.) A route with a JSON `data` body refuses a body declared as something else (415, naming
     Content-Type) instead of parsing it as JSON anyway. No Content-Type at all is read as JSON."""
     data_field = request.route_handler.parsed_data_field
     if data_field is None:

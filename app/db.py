@@ -43,6 +43,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               decoder=msgspec.json.decode, format="text")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool `reset`: asyncpg has already rolled back any open transaction and dropped listeners; we skip
+    its reset *query* (advisory unlock all, CLOSE ALL, UNLISTEN, RESET ALL), a second round trip to the
+    server on every release that cost ~6 % of a request's time under load. The house rule that makes
+    this safe (checked by tests/unit/test_db_session_rule.py): nothing takes session-level state on a
+    pool connection — no session `SET`, `LISTEN` or session advisory lock left behind; code that needs
+    one (the market leader) uses a dedicated connection, and `migrate` releases its lock itself."""
+
+
 async def create_pool(settings: Settings, *, min_size: int | None = None, max_size: int | None = None,
                       timeout: float = 10.0) -> asyncpg.Pool:
     try:
@@ -52,6 +61,7 @@ async def create_pool(settings: Settings, *, min_size: int | None = None, max_si
             max_size=settings.db_pool_max if max_size is None else max_size,
             command_timeout=settings.db_command_timeout,
             init=_init_connection,
+            reset=_keep_session,
             timeout=timeout,
         )
     except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:

@@ -72,7 +72,7 @@ async def name_non_finite_numbers(request: Request[Any, Any, Any]) -> None:
 
 async def before_optimizer_request(request: Request[Any, Any, Any]) -> None:
     # A router's before_request replaces the app's: run the app-wide Content-Type check here too.
-    require_json_body(request)
+    await require_json_body(request)
     await name_non_finite_numbers(request)
 
 
