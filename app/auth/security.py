@@ -10,7 +10,6 @@ import logging
 import time
 from typing import Any
 
-import anyio
 from litestar.config.app import AppConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
@@ -19,14 +18,12 @@ from litestar.middleware.authentication import AuthenticationResult
 from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
 from litestar.plugins import InitPlugin
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
-from litestar.stores.base import Store
-from litestar.stores.memory import MemoryStore
-from litestar.stores.redis import RedisStore
 from litestar.types import Message, Receive, Scope, Send
-from redis.exceptions import RedisError
 
 from app.auth.models import AuthUser
-from app.auth.tokens import ALGORITHM, REQUIRED_CLAIMS, VerifiedToken, claims_of, is_revoked, session_state, signing_key, user_for
+from app.auth.tokens import (ALGORITHM, REQUIRED_CLAIMS, VerifiedToken, claims_of, is_revoked, session_key_of_bearer,
+                             session_state, signing_key, user_for)
+from app.cache import CacheUnavailable
 from app.config import Settings
 from app.net import client_ip
 
@@ -39,6 +36,7 @@ AUTH_EXCLUDE = [
 ]
 RATE_LIMIT_EXCLUDE = [r"^/health/", r"^/metrics$"]
 _SCOPE_STATE_KEY = "wt.auth.session_state"
+_SCOPE_PREFETCH_KEY = "wt.auth.session_prefetch"  # (session cache key, cached value) read by the rate limiter
 log = logging.getLogger("app.auth")
 
 
@@ -59,7 +57,8 @@ class BearerJWTMiddleware(JWTAuthenticationMiddleware):
 async def retrieve_user_handler(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthUser | None:
     """The token is already verified (signature, claims); here: its session and user must be live."""
     user_id, session_id = claims_of(token)
-    state = await session_state(connection.app.state.ctx, session_id)
+    state = await session_state(connection.app.state.ctx, session_id,
+                                connection.scope.get(_SCOPE_PREFETCH_KEY))  # type: ignore[call-overload]
     connection.scope[_SCOPE_STATE_KEY] = state  # type: ignore[literal-required]
     return user_for(state, user_id, session_id)
 
@@ -91,29 +90,15 @@ def build_jwt_auth(settings: Settings) -> JWTAuth[AuthUser, Token]:
 # --- global per-client rate limit -----------------------------------------------------------------
 
 class CounterRateLimitMiddleware(RateLimitMiddleware):
-    """Litestar's rate-limit middleware with a fixed-window *counter* instead of a timestamp list:
-    one atomic INCR (+ EXPIRE) per request on the configured store (Redis when REDIS_URL is set, so
-    the limit holds across replicas; Litestar's MemoryStore otherwise). Litestar's own implementation
-    reads and rewrites a JSON list of every request time in the window, which is slow at high limits
-    and loses counts between replicas."""
+    """Litestar's rate-limit middleware (its config, exclusions and client identifier) with a
+    fixed-window *counter* instead of a timestamp list: one atomic INCR per request in the app cache
+    (Redis when REDIS_URL is set, so the limit holds across replicas; in-process otherwise). Litestar's
+    own implementation reads and rewrites a JSON list of every request time in the window, which is
+    slow at high limits and loses counts between replicas.
 
-    def __init__(self, app: Any, config: RateLimitConfig) -> None:
-        super().__init__(app, config)
-        self._memory_lock = anyio.Lock()
-
-    async def _incr(self, store: Store, key: str, ttl: int) -> int:
-        if isinstance(store, RedisStore):
-            async with store._redis.pipeline(transaction=False) as pipe:  # noqa: SLF001 - no public incr
-                full = store._make_key(key)  # noqa: SLF001
-                pipe.incr(full)
-                pipe.expire(full, ttl, nx=True)
-                count, _ = await pipe.execute()
-            return int(count)
-        async with self._memory_lock:
-            raw = await store.get(key)
-            count = int(raw or 0) + 1
-            await store.set(key, str(count), expires_in=ttl)
-            return count
+    A request with a bearer token that verifies also gets its session's cached state in the *same*
+    Redis command (`cache.incr_and_get`), left in the scope for the JWT middleware: one round trip
+    per authenticated request instead of two."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope["litestar_app"]
@@ -121,14 +106,20 @@ class CounterRateLimitMiddleware(RateLimitMiddleware):
         if not await self.should_check_request(request=request):
             await self.app(scope, receive, send)
             return
+        ctx = app.state.ctx
         window = 60 if self.unit == "minute" else {"second": 1, "hour": 3600, "day": 86400}[self.unit]
         now = time.time()
         bucket = int(now // window)
         reset = max(1, int((bucket + 1) * window - now + 0.999))
         key = f"rl:{self.get_identifier_for_request(request)}:{bucket}"
+        session_key = session_key_of_bearer(ctx.settings, request.headers.get("authorization"))
         try:
-            count = await self._incr(self.config.get_store_from_app(app), key, window + 1)
-        except (RedisError, OSError):
+            if session_key is None:
+                count = await ctx.cache.incr(key, ttl=window + 1)
+            else:
+                count, cached = await ctx.cache.incr_and_get(key, window + 1, session_key)
+                scope[_SCOPE_PREFETCH_KEY] = (session_key, cached)  # type: ignore[literal-required]
+        except CacheUnavailable:
             # Fail open: an unreachable Redis must not take the whole API down with it (/health/ready
             # reports it). Login brute-force limits fail closed instead (see service.login).
             log.warning("rate-limit store unavailable; request not counted")
@@ -161,14 +152,7 @@ def build_rate_limit(settings: Settings) -> RateLimitConfig:
         exclude=RATE_LIMIT_EXCLUDE,
         identifier_for_request=lambda request: client_ip(request.scope, trusted),
         middleware_class=CounterRateLimitMiddleware,
-        store="rate_limit",
     )
-
-
-def build_rate_limit_store(settings: Settings) -> Store:
-    if settings.redis_url:
-        return RedisStore.with_client(url=settings.redis_url, namespace="wt-ratelimit")
-    return MemoryStore()
 
 
 class AuthPlugin(InitPlugin):
@@ -182,13 +166,4 @@ class AuthPlugin(InitPlugin):
         if self.authenticate:
             app_config = build_jwt_auth(self.settings).on_app_init(app_config)
         app_config.middleware.insert(0, build_rate_limit(self.settings).middleware)
-        store = build_rate_limit_store(self.settings)
-        if app_config.stores is None:
-            app_config.stores = {}
-        if isinstance(app_config.stores, dict):
-            app_config.stores["rate_limit"] = store
-        else:
-            app_config.stores.register("rate_limit", store, allow_override=True)
-        if isinstance(store, RedisStore):
-            app_config.on_shutdown.append(store._shutdown)  # noqa: SLF001 - closes its own Redis pool
         return app_config

@@ -157,11 +157,30 @@ def state_from_row(row: Any) -> SessionState:
                         float(row["expires_at"]))
 
 
-async def session_state(ctx: AppContext, session_id: uuid.UUID) -> SessionState:
+def session_key_of_bearer(settings: Settings, authorization: str | None) -> str | None:
+    """The cache key of the session behind a verifiable `Bearer` access token, else None. Lets the
+    rate limiter fetch the session state in the same Redis command as its count (see
+    `CounterRateLimitMiddleware`); the JWT middleware still verifies the token itself."""
+    if not authorization or authorization[:7].lower() != "bearer ":
+        return None
+    try:
+        _, session_id = claims_of(decode_token(settings, authorization[7:].strip()))
+    except NotAuthorizedException:
+        return None
+    return _key(session_id)
+
+
+async def session_state(ctx: AppContext, session_id: uuid.UUID,
+                        prefetched: tuple[str, bytes | None] | None = None) -> SessionState:
+    """The session's state: from the cache, else the database. `prefetched` is (key, cached value) as
+    read moments ago in this request (by the rate limiter); a miss there goes to the database."""
     key = _key(session_id)
     cache_ok = True
     try:
-        raw = await ctx.cache.get(key)
+        if prefetched is not None and prefetched[0] == key:
+            raw = prefetched[1]
+        else:
+            raw = await ctx.cache.get(key)
         if raw is not None:
             return _decode(raw)
     except CacheUnavailable:

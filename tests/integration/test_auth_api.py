@@ -320,3 +320,43 @@ async def test_a_hash_of_lower_cost_is_upgraded_at_login(test_env, database_url)
             await conn.close()
         assert passwords.hash_cost(upgraded) == 5 and passwords.verify_password(u.password, upgraded)
         assert (await _login(c, u.email, u.password)).status_code == 200
+
+
+async def test_an_authenticated_request_reads_its_session_in_the_rate_limiters_command(client, redis_server):
+    """One Redis command per authenticated request (the rate-limit count and the session state
+    together, in a script), and that prefetched state is what decides: a session marked ended in the
+    cache is refused on the very next request."""
+    import jwt
+    import redis.asyncio as aioredis
+
+    from app.auth.tokens import GONE, _encode, _key
+
+    user = await register_user(client)
+    sid = jwt.decode(user.access_token, options={"verify_signature": False})["sid"]
+    assert (await client.get("/api/user/me", headers=user.headers)).status_code == 200  # state now cached
+    r = aioredis.Redis.from_url(redis_server.url)
+    seen: list[tuple[str, str]] = []
+    listening = asyncio.Event()
+
+    async def monitor() -> None:
+        async with r.monitor() as m:
+            listening.set()
+            async for cmd in m.listen():
+                if sid in cmd["command"]:
+                    seen.append((cmd["client_type"], cmd["command"].split()[0].upper()))
+
+    task = asyncio.create_task(monitor())
+    try:
+        await asyncio.wait_for(listening.wait(), 5)
+        await asyncio.sleep(0.2)
+        for _ in range(3):
+            assert (await client.get("/api/user/me", headers=user.headers)).status_code == 200
+        await asyncio.sleep(0.3)
+        from_clients = [name for kind, name in seen if kind != "lua"]
+        assert from_clients == ["EVALSHA"] * 3, seen  # no separate GET of the session
+
+        await r.set(_key(sid), _encode(GONE), px=60_000)
+        assert (await client.get("/api/user/me", headers=user.headers)).status_code == 401
+    finally:
+        task.cancel()
+        await r.aclose()

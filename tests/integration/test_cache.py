@@ -44,6 +44,17 @@ async def test_incr_keeps_its_first_window(cache, unique):
     assert await cache.incr(k, ttl=0.3) == 1
 
 
+async def test_incr_and_get_counts_and_reads_in_one_call(cache, unique):
+    counter, key = f"c:{unique}", f"k:{unique}"
+    assert await cache.incr_and_get(counter, 0.3, key) == (1, None)
+    await cache.set(key, b"state")
+    assert await cache.incr_and_get(counter, 0.3, key) == (2, b"state")
+    assert await cache.incr(counter, ttl=0.3) == 3  # the same counter as incr's
+    assert 0 < await cache.ttl(counter) <= 0.3  # the window was set when the counter was created
+    await asyncio.sleep(0.4)
+    assert await cache.incr_and_get(counter, 0.3, key) == (1, b"state")
+
+
 async def test_publish_reaches_subscribers_of_that_channel_only(cache, unique):
     got: list[tuple[str, bytes]] = []
     ready = asyncio.Event()
@@ -68,3 +79,31 @@ async def test_publish_reaches_subscribers_of_that_channel_only(cache, unique):
 
 async def test_ping(cache):
     assert await cache.ping() >= 0
+
+
+async def test_a_redis_that_stops_answering_is_unavailable_within_the_operation_timeout(monkeypatch):
+    """Accepts the connection, reads, never replies (a stalled server): every operation, including the
+    request path's incr_and_get, gives up after OPERATION_TIMEOUT instead of hanging the request."""
+    import time
+
+    import app.cache as cache_module
+    from app.cache import CacheUnavailable
+
+    monkeypatch.setattr(cache_module, "OPERATION_TIMEOUT", 0.3)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cache = RedisCache(f"redis://127.0.0.1:{port}/0")
+    try:
+        for op in (lambda: cache.get("k"), lambda: cache.incr_and_get("c", 1.0, "k"), lambda: cache.set("k", b"v")):
+            started = time.monotonic()
+            with pytest.raises(CacheUnavailable, match="no answer"):
+                await op()
+            assert time.monotonic() - started < 1.5
+    finally:
+        await cache.close()
+        server.close()
