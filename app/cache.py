@@ -156,10 +156,10 @@ class RedisCache:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        # No socket_timeout: with one, redis-py wraps every *send* in asyncio.wait_for, a new task per
-        # command (~8 % of an authenticated request's CPU). The same bound comes from `_guard`'s
-        # asyncio.timeout around each whole operation; redis-py drops a connection cancelled mid-reply.
-        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=OPERATION_TIMEOUT,
+        # socket_timeout=None (redis-py's default is 5 s): with one, redis-py wraps every *send* in
+        # asyncio.wait_for, a new task per command. The same bound comes from `_guard`'s asyncio.timeout
+        # around each whole operation; redis-py drops a connection cancelled mid-reply.
+        self.client = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=OPERATION_TIMEOUT,
                                               health_check_interval=10, retry_on_timeout=False)
         self._incr_and_get = self.client.register_script(_INCR_AND_GET)
 

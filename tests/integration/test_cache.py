@@ -107,3 +107,10 @@ async def test_a_redis_that_stops_answering_is_unavailable_within_the_operation_
     finally:
         await cache.close()
         server.close()
+
+
+def test_redis_commands_are_not_each_wrapped_in_a_task(redis_server):
+    """redis-py runs every send through asyncio.wait_for (a new task) when the connection has a socket
+    timeout, and its default is 5 s: ours must have none (the bound is `_guard`'s timeout)."""
+    cache = RedisCache(redis_server.url)
+    assert cache.client.connection_pool.connection_kwargs.get("socket_timeout") is None
