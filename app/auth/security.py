@@ -23,7 +23,7 @@ from litestar.types import Message, Receive, Scope, Send
 from app.auth.models import AuthUser
 from app.auth.tokens import (ALGORITHM, REQUIRED_CLAIMS, VerifiedToken, claims_of, is_revoked, session_key_of_bearer,
                              session_state, signing_key, user_for)
-from app.cache import CacheUnavailable
+from app.cache import CacheUnavailable, MemoryCache
 from app.config import Settings
 from app.net import client_ip
 
@@ -100,24 +100,29 @@ class CounterRateLimitMiddleware(RateLimitMiddleware):
     Redis command (`cache.incr_and_get`), left in the scope for the JWT middleware: one round trip
     per authenticated request instead of two."""
 
+    def __init__(self, app: Any, config: RateLimitConfig) -> None:
+        super().__init__(app, config)
+        self._fallback_cache = MemoryCache()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope["litestar_app"]
         request = app.request_class(scope)
         if not await self.should_check_request(request=request):
             await self.app(scope, receive, send)
             return
-        ctx = app.state.ctx
+        ctx = app.state.get("ctx")  # None only when the app serves without its lifespan (schema tools)
+        cache = ctx.cache if ctx is not None else self._fallback_cache
         window = 60 if self.unit == "minute" else {"second": 1, "hour": 3600, "day": 86400}[self.unit]
         now = time.time()
         bucket = int(now // window)
         reset = max(1, int((bucket + 1) * window - now + 0.999))
         key = f"rl:{self.get_identifier_for_request(request)}:{bucket}"
-        session_key = session_key_of_bearer(ctx.settings, request.headers.get("authorization"))
+        session_key = None if ctx is None else session_key_of_bearer(ctx.settings, request.headers.get("authorization"))
         try:
             if session_key is None:
-                count = await ctx.cache.incr(key, ttl=window + 1)
+                count = await cache.incr(key, ttl=window + 1)
             else:
-                count, cached = await ctx.cache.incr_and_get(key, window + 1, session_key)
+                count, cached = await cache.incr_and_get(key, window + 1, session_key)
                 scope[_SCOPE_PREFETCH_KEY] = (session_key, cached)  # type: ignore[literal-required]
         except CacheUnavailable:
             # Fail open: an unreachable Redis must not take the whole API down with it (/health/ready
