@@ -81,31 +81,49 @@ def service(ctx: AppContext) -> OptimizerService:
     return svc
 
 
+class AlignedCloses(msgspec.Struct, frozen=True):
+    """Closes of several symbols on the days they all have one (what a return matrix needs)."""
+    dates: list[date]  # ascending
+    prices: Any  # np.ndarray, len(dates) × len(symbols)
+    first: dict[str, date | None]  # each symbol's first day in the window (None: no bars at all)
+
+
+def align_closes(symbols: list[str], rows: Any) -> AlignedCloses:
+    """(symbol, day, close) rows → the aligned matrix. Pure; done once per memo entry."""
+    by_symbol: dict[str, dict[date, float]] = {s: {} for s in symbols}
+    for symbol, day, close in rows:
+        by_symbol[symbol][day] = close
+    common = sorted(set.intersection(*(set(v) for v in by_symbol.values()))) if by_symbol else []
+    prices = np.array([[by_symbol[s][d] for s in symbols] for d in common], dtype=float).reshape(len(common),
+                                                                                                len(symbols))
+    return AlignedCloses(dates=common, prices=prices, first={s: min(v) if v else None for s, v in by_symbol.items()})
+
+
 class _ClosesMemo:
-    """Recently read closes, for repeated optimizations of one universe (objectives, frontier,
+    """Recently aligned closes, for repeated optimizations of one universe (objectives, frontier,
     constraints tried in turn). Keyed by the window and the newest bar's timestamp, so a new day's bar
     is seen at once; entries live CLOSES_TTL seconds, so updates to today's bar are seen soon; at most
-    CLOSES_MAX_ROWS rows are kept (least recently used dropped first)."""
+    CLOSES_MAX_ROWS closes are kept (least recently used dropped first)."""
 
     def __init__(self, ttl: float, max_rows: int) -> None:
         self.ttl, self.max_rows = ttl, max_rows
-        self._items: dict[Any, tuple[float, int, dict[str, dict[date, float]]]] = {}
+        self._items: dict[Any, tuple[float, int, Any]] = {}
 
-    def get(self, key: Any) -> dict[str, dict[date, float]] | None:
+    def get(self, key: Any) -> Any:
         item = self._items.pop(key, None)
         if item is None or item[0] < time.monotonic():
             return None
         self._items[key] = item  # most recently used last
         return item[2]
 
-    def put(self, key: Any, value: dict[str, dict[date, float]], rows: int) -> None:
+    def put(self, key: Any, value: Any, rows: int) -> None:
         self._items[key] = (time.monotonic() + self.ttl, rows, value)
         while sum(r for _, r, _ in self._items.values()) > self.max_rows and len(self._items) > 1:
             self._items.pop(next(iter(self._items)))
 
 
 CLOSES_TTL = 60.0
-CLOSES_MAX_ROWS = 400_000  # closes kept in all (~50 MB of dict entries at most)
+CLOSES_MAX_ROWS = 2_000_000  # closes kept in all (8 bytes each in the aligned matrices: ~16 MB)
 _CLOSES = _ClosesMemo(CLOSES_TTL, CLOSES_MAX_ROWS)
 
 
@@ -198,9 +216,8 @@ def _inline_universe(req: OptimizeRequest) -> Universe:
 
 async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest, source: str,
                        field: str) -> Universe:
-    from app.market.prices import known_symbols  # noqa: PLC0415 — the market domain
-
-    known = await known_symbols(ctx.db, symbols)
+    bounds = await ctx.db.fetchrow(sql_file("optimizer")["universe_bounds"], symbols)
+    known, latest = set(bounds["known"]), bounds["latest"]
     unknown = [s for s in symbols if s not in known]
     if unknown:
         raise _fail(f"unknown symbol{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}", field,
@@ -210,36 +227,31 @@ async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest
         raise _fail(f"lookback {req.lookback} is too short: {len(symbols)} assets with the {req.covariance} "
                     f"covariance need at least {needed} daily returns", "lookback", needed=needed)
     # the window ends at the newest bar and spans the calendar days that hold `lookback` trading days
-    latest = await ctx.db.fetchval(sql_file("optimizer")["latest_daily_bar"], symbols)
     end = latest.astimezone(timezone.utc).date() if latest else datetime.now(timezone.utc).date()
     start = end - timedelta(days=int(req.lookback * 366 / 250) + 14)
     key = (tuple(symbols), start, end, latest)
-    by_symbol = _CLOSES.get(key)
-    if by_symbol is None:
+    aligned: AlignedCloses | None = _CLOSES.get(key)
+    if aligned is None:
         rows = await ctx.db.fetch(sql_file("optimizer")["daily_closes"], symbols,
                                   datetime(start.year, start.month, start.day, tzinfo=timezone.utc),
                                   datetime(end.year, end.month, end.day, tzinfo=timezone.utc) + timedelta(days=1))
-        by_symbol = {s: {} for s in symbols}
-        for symbol, day, close in rows:
-            by_symbol[symbol][day] = close
-        _CLOSES.put(key, by_symbol, len(rows))
-    common = sorted(set.intersection(*(set(v) for v in by_symbol.values()))) if by_symbol else []
-    common = common[-(req.lookback + 1):]
+        aligned = align_closes(symbols, rows)
+        _CLOSES.put(key, aligned, max(1, aligned.prices.size))
+    common = aligned.dates[-(req.lookback + 1):]
+    prices = aligned.prices[-(req.lookback + 1):]
     available = max(len(common) - 1, 0)
+    first = aligned.first
     if available < needed:
-        first = {s: min(v) if v else None for s, v in by_symbol.items()}
         shortest = sorted(symbols, key=lambda s: (first[s] is not None, first[s] or date.min), reverse=True)[:3]
         detail = ", ".join(f"{s} since {first[s]}" if first[s] else f"{s} has none" for s in shortest)
         raise _fail(f"too little history: {available} common daily returns over the lookback, at least {needed} "
                     f"are needed ({detail})", field, needed=needed, available=available)
-    prices = np.array([[by_symbol[s][d] for s in symbols] for d in common], dtype=float)
     if (prices <= 0).any():
         raise _fail("a stored close is not positive; cannot compute returns", field)
     returns = prices[1:] / prices[:-1] - 1.0
     warnings: list[str] = []
     if available < req.lookback:
-        first = {s: min(v) for s, v in by_symbol.items()}
-        latest_start = max(symbols, key=lambda s: first[s])
+        latest_start = max(symbols, key=lambda s: first[s] or date.min)
         warnings.append(f"only {available} common daily returns of the {req.lookback} asked for "
                         f"({latest_start} starts {first[latest_start]})")
     return Universe(symbols=symbols, returns=returns, dates=common[1:], periods_per_year=252, source=source,
@@ -295,9 +307,10 @@ async def build_universe(ctx: AppContext, user_id: uuid.UUID, req: OptimizeReque
     if uni.source != "inline" and t > req.lookback:  # inline returns are used as sent
         uni.returns = uni.returns[-req.lookback:]
         uni.dates = uni.dates[-req.lookback:]
-    if np.all(uni.returns.std(axis=0) == 0):
+    spread = uni.returns.std(axis=0)
+    if np.all(spread == 0):
         raise _fail("every asset's returns are constant; nothing to optimize", field_prefix + given[0])
-    flat = [s for s, sd in zip(uni.symbols, uni.returns.std(axis=0)) if sd == 0]
+    flat = [s for s, sd in zip(uni.symbols, spread) if sd == 0]
     if flat and req.covariance == "sample":
         raise _fail(f"returns of {', '.join(flat)} never change: the covariance is singular", field_prefix + given[0])
     return uni

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+from _http import KeepAlive  # noqa: E402  (scripts/bench/_http.py)
 
 T = 756
 SIZES = (20, 100, 300)
@@ -132,7 +133,7 @@ def bundled_matrix(symbols: list[str], end: str, t: int = T) -> np.ndarray:
     return closes[1:] / closes[:-1] - 1
 
 
-async def compare_symbols(client: httpx.AsyncClient, headers: dict, direct: Direct, repeats: int,
+async def compare_symbols(client: KeepAlive, headers: dict, direct: Direct, repeats: int,
                           rf: float) -> dict:
     """20 bundled symbols through the `symbols` path (history read from the database)."""
     symbols = ["AAPL", "AMD", "AMZN", "BABA", "BAC", "BBY", "GE", "GM", "GOOG", "JPM", "MA", "META", "PFE",
@@ -140,12 +141,14 @@ async def compare_symbols(client: httpx.AsyncClient, headers: dict, direct: Dire
     body = {"symbols": symbols, "objective": "max_sharpe", "risk_free_rate": rf, "lookback": T}
     rec: dict[str, Any] = {"direct": [], "api": [], "server": [], "worker": []}
     matrix = None
+    payload = json.dumps(body).encode()
+    hdrs = {**headers, "Content-Type": "application/json"}
     for k in range(repeats * 3 + 1):
         t0 = time.perf_counter()
-        r = await client.post("/api/optimizer/optimize", json=body, headers=headers)
+        status, answer = await client.post("/api/optimizer/optimize", payload, hdrs)
         a_ms = (time.perf_counter() - t0) * 1000
-        assert r.status_code == 200, r.text
-        js = r.json()
+        assert status == 200, answer[:500]
+        js = json.loads(answer)
         if matrix is None:
             matrix = bundled_matrix(js["universe"]["symbols"], js["universe"]["end"])
         d_ms, d_w = await asyncio.to_thread(direct.run, "bundled", matrix)
@@ -163,11 +166,11 @@ async def compare_symbols(client: httpx.AsyncClient, headers: dict, direct: Dire
 
 
 # --- through the API ---------------------------------------------------------------------------------
-async def compare(client: httpx.AsyncClient, headers: dict, direct: Direct, repeats: int, rf: float) -> dict:
+async def compare(client: KeepAlive, headers: dict, direct: Direct, repeats: int, rf: float) -> dict:
     """Direct call and API call alternately, so both see the same machine load."""
     out = {}
     dates = trading_dates(T)
-    hdrs = {**headers, "content-type": "application/json"}
+    hdrs = {**headers, "Content-Type": "application/json"}
     for n in SIZES:
         R = synthetic_returns(n)
         payload = json.dumps({"returns": {f"X{i:03d}": R[:, i].tolist() for i in range(n)}, "dates": dates,
@@ -177,10 +180,10 @@ async def compare(client: httpx.AsyncClient, headers: dict, direct: Direct, repe
         for k in range(rounds + 1):  # the first round warms both up and is not counted
             d_ms, d_w = await asyncio.to_thread(direct.run, n)
             t0 = time.perf_counter()
-            r = await client.post("/api/optimizer/optimize", content=payload, headers=hdrs)
+            status, answer = await client.post("/api/optimizer/optimize", payload, hdrs)
             a_ms = (time.perf_counter() - t0) * 1000
-            assert r.status_code == 200, r.text
-            js = r.json()
+            assert status == 200, answer[:500]
+            js = json.loads(answer)
             if k:
                 rec["direct"].append(d_ms)
                 rec["api"].append(a_ms)
@@ -260,10 +263,12 @@ async def run(args: argparse.Namespace) -> None:
             print(f"workers={args.workers} nice={args.nice} repeats={args.repeats} observations={T}\n")
 
             direct = Direct(args.nice, args.rf)
+            raw = KeepAlive(int(app.base_url.rsplit(":", 1)[1]))
             try:
-                res = await compare(client, headers, direct, args.repeats, args.rf)
-                res["20 db"] = await compare_symbols(client, headers, direct, args.repeats, args.rf)
+                res = await compare(raw, headers, direct, args.repeats, args.rf)
+                res["20 db"] = await compare_symbols(raw, headers, direct, args.repeats, args.rf)
             finally:
+                raw.close()
                 direct.close()
             print("max-Sharpe (ms): median of the rounds, and the best round (less sensitive to other load)")
             print(f"{'assets':>6} {'direct':>8} {'api':>8} {'overhead':>9} | {'best d':>7} {'best api':>8} "
@@ -278,7 +283,8 @@ async def run(args: argparse.Namespace) -> None:
                       f"{rec['max_dw']:>8.1e}")
             print("  direct = Riskfolio Portfolio + assets_stats + optimization, in a process like a worker")
             print("  (same niceness, one BLAS thread), alternating with the API calls;")
-            print("  api = client-side wall time of POST /api/optimizer/optimize (HTTP, JSON, validation,")
+            print("  api = client-side wall time of POST /api/optimizer/optimize over a raw keep-alive connection")
+            print("  (HTTP, JSON, authentication, validation,")
             print("  pool hand-off, the solve, risk contributions, response); server = inside the handler;")
             db = res["20 db"]
             print("  worker = inside the worker. '20 db': the 20 bundled symbols by `symbols`, direct call on")

@@ -1,11 +1,15 @@
-"""Pure parts of the optimizer service: the closes memo, observation needs, period inference."""
+"""Pure parts of the optimizer service: aligning closes, the closes memo, observation needs, period inference."""
 
 from __future__ import annotations
 
 import time
 from datetime import date, timedelta
 
-from app.optimizer.service import _ClosesMemo, _periods_per_year, needed_observations
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.optimizer.service import _ClosesMemo, _periods_per_year, align_closes, needed_observations
 
 
 def test_closes_memo_expires_and_evicts_least_recently_used() -> None:
@@ -32,3 +36,28 @@ def test_periods_per_year_from_dates() -> None:
     assert _periods_per_year(every(7)) == 52
     assert _periods_per_year(every(30)) == 12
     assert _periods_per_year(every(91)) == 4
+
+
+def test_align_closes_keeps_the_days_every_symbol_has() -> None:
+    d = [date(2024, 1, k) for k in range(1, 6)]
+    rows = [("A", d[0], 10.0), ("A", d[1], 11.0), ("A", d[2], 12.0), ("A", d[4], 14.0),
+            ("B", d[1], 21.0), ("B", d[2], 22.0), ("B", d[3], 23.0), ("B", d[4], 24.0)]
+    aligned = align_closes(["B", "A"], rows)
+    assert aligned.dates == [d[1], d[2], d[4]]
+    assert aligned.prices.tolist() == [[21.0, 11.0], [22.0, 12.0], [24.0, 14.0]]  # columns in the symbols' order
+    assert aligned.first == {"A": d[0], "B": d[1]}
+    empty = align_closes(["A", "C"], [("A", d[0], 1.0)])
+    assert empty.dates == [] and empty.prices.shape == (0, 2) and empty.first == {"A": d[0], "C": None}
+
+
+@given(st.dictionaries(st.sampled_from(["A", "B", "C"]),
+                       st.dictionaries(st.integers(0, 30), st.floats(0.01, 1e6), min_size=0, max_size=20),
+                       min_size=3, max_size=3))
+def test_align_closes_matches_a_plain_lookup(bars: dict[str, dict[int, float]]) -> None:
+    symbols = sorted(bars)
+    rows = [(s, date(2024, 1, 1) + timedelta(days=k), c) for s in symbols for k, c in sorted(bars[s].items())]
+    aligned = align_closes(symbols, rows)
+    days = sorted(set.intersection(*(set(v) for v in bars.values())))
+    assert aligned.dates == [date(2024, 1, 1) + timedelta(days=k) for k in days]
+    expected = np.array([[bars[s][k] for s in symbols] for k in days], dtype=float).reshape(len(days), 3)
+    assert np.array_equal(aligned.prices, expected)
