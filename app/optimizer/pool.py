@@ -19,11 +19,13 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
 from collections import deque
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 log = logging.getLogger("app.optimizer.pool")
@@ -86,6 +88,16 @@ def _worker_main(conn: Connection, nice: int) -> None:
             conn.send(reply)
         except (EOFError, OSError):
             return
+
+
+def _send(conn: Connection, obj: Any) -> None:
+    """`conn.send(obj)` in one write. multiprocessing writes the length header and a payload over
+    16 KB separately, so the worker wakes for the header and then waits on the rest."""
+    payload = ForkingPickler.dumps(obj)
+    data = memoryview(struct.pack("!i", len(payload)) + payload)
+    fd = conn.fileno()
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _size_hint(payload: Any) -> int:
@@ -285,9 +297,9 @@ class OptimizerPool:
             message = (job_id, op, payload)
             if _size_hint(payload) > 256 * 1024:
                 # pickling and writing a large problem (hundreds of assets × years) off the event loop
-                await asyncio.to_thread(worker.conn.send, message)
+                await asyncio.to_thread(_send, worker.conn, message)
             else:
-                worker.conn.send(message)
+                _send(worker.conn, message)
             ready = await self._readable(worker, max(0.0, deadline - time.monotonic()))
             if not ready:
                 self.stats["timeouts"] += 1
