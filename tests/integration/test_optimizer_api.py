@@ -227,6 +227,24 @@ async def test_symbols_universe_matches_pypfopt_on_the_bundled_history(client: A
     assert max(abs(body["weights"][s] - theirs[i]) for i, s in enumerate(symbols)) < 1e-4
 
 
+async def test_an_asset_added_after_an_unknown_symbol_answer_is_seen_at_once(client: AsyncTestClient, user: TestUser,
+                                                                          database_url: str, unique: str) -> None:
+    """The symbols check is memoized for a few seconds, but never an answer naming an unknown symbol."""
+    import asyncpg
+
+    sym = f"ZZ{unique[:6].upper()}"
+    body = {"symbols": ["AAPL", sym]}
+    r = await client.post("/api/optimizer/optimize", headers=user.headers, json=body)
+    assert r.status_code == 422 and r.json()["unknown"] == [sym]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO assets (symbol, name, type, source) VALUES ($1, 'test', 'stock', 'bundled')", sym)
+    finally:
+        await conn.close()
+    r = await client.post("/api/optimizer/optimize", headers=user.headers, json=body)
+    assert r.status_code == 422 and "unknown" not in r.json() and "too little history" in r.json()["detail"], r.text
+
+
 async def test_symbols_universe_errors(client: AsyncTestClient, user: TestUser) -> None:
     post = lambda body: client.post("/api/optimizer/optimize", headers=user.headers, json=body)  # noqa: E731
     r = await post({"symbols": ["AAPL", "NOSUCH", "MSFT0"]})
