@@ -48,8 +48,9 @@ REQUEST_MAX_BODY_SIZE = 10 * 1024 * 1024
 
 
 async def require_json_body(request: Request) -> None:
-    """(async: Litestar runs a sync hook in a thread pool, on every request.) A route with a JSON `data` body refuses a body declared as something else (415, naming
-    Content-Type) instead of parsing it as JSON anyway. No Content-Type at all is read as JSON."""
+    """A route with a JSON `data` body refuses a body declared as something else (415, naming
+    Content-Type) instead of parsing it as JSON anyway. No Content-Type at all is read as JSON.
+    Async although it awaits nothing: Litestar runs a sync hook in a thread pool, on every request."""
     data_field = request.route_handler.parsed_data_field
     if data_field is None:
         return

@@ -96,6 +96,7 @@ def align_closes(symbols: list[str], rows: Any) -> AlignedCloses:
     common = sorted(set.intersection(*(set(v) for v in by_symbol.values()))) if by_symbol else []
     prices = np.array([[by_symbol[s][d] for s in symbols] for d in common], dtype=float).reshape(len(common),
                                                                                                 len(symbols))
+    prices.flags.writeable = False  # memoized and shared by requests: slices of it must stay read-only
     return AlignedCloses(dates=common, prices=prices, first={s: min(v) if v else None for s, v in by_symbol.items()})
 
 
