@@ -37,6 +37,8 @@ class Cache(Protocol):
     async def delete(self, *keys: str) -> int: ...
     async def incr(self, key: str, ttl: float | None = None) -> int: ...
     async def incr_and_get(self, counter: str, ttl: float, key: str) -> tuple[int, bytes | None]: ...
+    async def claim_slot(self, key: str, member: str, limit: int, ttl: float) -> bool: ...
+    async def release_slot(self, key: str, member: str) -> None: ...
     async def ttl(self, key: str) -> float | None: ...
     async def keys(self, pattern: str) -> list[str]: ...
     async def publish(self, channel: str, message: bytes) -> None: ...
@@ -52,6 +54,7 @@ class MemoryCache:
 
     def __init__(self, subscriber_queue_size: int = 10_000) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._slots: dict[str, dict[str, float]] = {}
         self._subscribers: dict[str, set[asyncio.Queue[tuple[str, bytes]]]] = defaultdict(set)
         self._queue_size = subscriber_queue_size
 
@@ -104,6 +107,23 @@ class MemoryCache:
     async def incr_and_get(self, counter: str, ttl: float, key: str) -> tuple[int, bytes | None]:
         return await self.incr(counter, ttl), self._live(key)
 
+    async def claim_slot(self, key: str, member: str, limit: int, ttl: float) -> bool:
+        now = time.monotonic()
+        slots = {m: t for m, t in self._slots.get(key, {}).items() if t > now}
+        if member not in slots and len(slots) >= limit:
+            self._slots[key] = slots
+            return False
+        slots[member] = now + ttl
+        self._slots[key] = slots
+        return True
+
+    async def release_slot(self, key: str, member: str) -> None:
+        slots = self._slots.get(key)
+        if slots is not None:
+            slots.pop(member, None)
+            if not slots:
+                del self._slots[key]
+
     async def ttl(self, key: str) -> float | None:
         if self._live(key) is None:
             return None
@@ -146,6 +166,23 @@ return {n, redis.call('GET', KEYS[2])}
 """
 
 
+# KEYS[1] a sorted set of members scored by their expiry (ms, Redis's clock: replicas' clocks may
+# differ); ARGV[1] member, ARGV[2] limit, ARGV[3] time to live in ms. 1 = claimed (or renewed), 0 = full.
+_CLAIM_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+local expires = now + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], last[2])
+return 1
+"""
+
+
 OPERATION_TIMEOUT = 2.0  # seconds for one cache operation (connect, send and reply) before CacheUnavailable
 
 
@@ -162,6 +199,7 @@ class RedisCache:
         self.client = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=OPERATION_TIMEOUT,
                                               health_check_interval=10, retry_on_timeout=False)
         self._incr_and_get = self.client.register_script(_INCR_AND_GET)
+        self._claim_slot = self.client.register_script(_CLAIM_SLOT)
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
@@ -224,6 +262,16 @@ class RedisCache:
         async with self._guard():
             count, value = await self._incr_and_get(keys=[counter, key], args=[int(ttl * 1000)])
             return int(count), value
+
+    async def claim_slot(self, key: str, member: str, limit: int, ttl: float) -> bool:
+        """Take (or renew) one of `limit` slots under `key` for `member`, for `ttl` seconds — a counter
+        shared by every replica whose entries expire by themselves if their holder dies."""
+        async with self._guard():
+            return bool(await self._claim_slot(keys=[key], args=[member, limit, int(ttl * 1000)]))
+
+    async def release_slot(self, key: str, member: str) -> None:
+        async with self._guard():
+            await self.client.zrem(key, member)
 
     async def ttl(self, key: str) -> float | None:
         async with self._guard():

@@ -49,6 +49,11 @@ MAX_BACKLOG = 8  # batches waiting for one connection before they are conflated
 MAX_EXTRA = 1000  # events queued by conn.send() before the oldest are dropped
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_MANY = 4429
+# The per-user connection limit is counted across replicas in the shared cache: one slot per open
+# connection, renewed every SLOT_RENEW s, gone SLOT_TTL s after its replica stopped renewing it.
+SLOT_KEY_PREFIX = "ws:conns:"
+SLOT_TTL = 60.0
+SLOT_RENEW = 20.0
 CLOSE_SLOW = 4008
 CLOSE_GOING_AWAY = 1001
 
@@ -513,12 +518,20 @@ async def market_feed(socket: WebSocket, ctx: AppContext) -> None:
         return
     limit = ctx.settings.ws_max_connections_per_user
     mine = hub.by_user.setdefault(user.id, set())
-    if len(mine) >= limit:
+    conn = FeedConnection(hub, socket, user)
+    slot_key = f"{SLOT_KEY_PREFIX}{user.id}"
+    allowed = len(mine) < limit  # this replica's own count first: free, and it holds without Redis
+    if allowed:
+        try:  # then the count shared by every replica
+            allowed = await ctx.cache.claim_slot(slot_key, conn.id, limit, SLOT_TTL)
+        except CacheUnavailable:
+            log.warning("connection slots unavailable; limit counted on this replica only")
+    if not allowed:
         if not mine:
             hub.by_user.pop(user.id, None)
         await socket.close(code=CLOSE_TOO_MANY, reason=f"too many connections: at most {limit} per user")
         return
-    conn = FeedConnection(hub, socket, user)
+    conn.add_task(_renew_slot(ctx, slot_key, conn.id, limit))
     mine.add(conn)
     hub.connections.add(conn)
     conn.send({"type": "ack", "action": "auth", "user_id": str(user.id), "connection_id": conn.id,
@@ -547,6 +560,21 @@ async def market_feed(socket: WebSocket, ctx: AppContext) -> None:
         for t in (writer_task, reader_task, *conn.tasks):
             t.cancel()
         await asyncio.gather(writer_task, reader_task, *conn.tasks, return_exceptions=True)
+        try:
+            await ctx.cache.release_slot(slot_key, conn.id)
+        except CacheUnavailable:
+            pass  # the slot expires by itself within SLOT_TTL
+
+
+async def _renew_slot(ctx: AppContext, key: str, member: str, limit: int) -> None:
+    """Keep this connection's slot in the shared count alive (it expires SLOT_TTL after the last
+    renewal, so a replica that dies frees its users' slots by itself)."""
+    while True:
+        await asyncio.sleep(SLOT_RENEW)
+        try:
+            await ctx.cache.claim_slot(key, member, limit, SLOT_TTL)
+        except CacheUnavailable:
+            pass
 
 
 route_handlers = [market_feed]

@@ -55,6 +55,19 @@ async def test_incr_and_get_counts_and_reads_in_one_call(cache, unique):
     assert await cache.incr_and_get(counter, 0.3, key) == (1, b"state")
 
 
+async def test_slots_are_limited_renewable_released_and_expire(cache, unique):
+    k = f"slots:{unique}"
+    assert [await cache.claim_slot(k, m, 2, 0.4) for m in ("a", "b", "c")] == [True, True, False]
+    assert await cache.claim_slot(k, "a", 2, 0.4)  # a holder renews its own slot even when full
+    await cache.release_slot(k, "b")
+    assert await cache.claim_slot(k, "c", 2, 0.4) and not await cache.claim_slot(k, "d", 2, 0.4)
+    await asyncio.sleep(0.2)
+    assert await cache.claim_slot(k, "a", 2, 0.4)  # renewed: a now outlives c
+    await asyncio.sleep(0.3)  # c (a holder that died without releasing) has expired, a has not
+    assert await cache.claim_slot(k, "d", 2, 0.4) and not await cache.claim_slot(k, "e", 2, 0.4)
+    await cache.release_slot(k, "missing")  # releasing what is not held is harmless
+
+
 async def test_publish_reaches_subscribers_of_that_channel_only(cache, unique):
     got: list[tuple[str, bytes]] = []
     ready = asyncio.Event()

@@ -1,6 +1,7 @@
 """Scale-out: two real app processes on different ports, one database, one Redis.
 
-Here: the per-client rate limit and session revocation hold across both replicas. (Prices streamed
+Here: the per-client rate limit, session revocation and the per-user WebSocket limit hold across
+both replicas. (Prices streamed
 by both and the ingestion takeover are the market domain's scale-out test.)
 """
 
@@ -15,6 +16,7 @@ from tests.support.services import RedisServer
 from tests.support.system import ServeProcess
 
 LIMIT = 60
+WS_LIMIT = 2
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def replicas(test_env, tmp_path_factory):
     redis = RedisServer()
     redis.start()
     env = {**test_env, "REDIS_URL": redis.url, "RATE_LIMIT_PER_MINUTE": str(LIMIT),
-           "DATA_DIR": str(tmp_path_factory.mktemp("replicas"))}
+           "WS_MAX_CONNECTIONS_PER_USER": str(WS_LIMIT), "DATA_DIR": str(tmp_path_factory.mktemp("replicas"))}
     a, b = ServeProcess(env), ServeProcess(env)
     try:
         a.start()
@@ -122,3 +124,40 @@ def test_rate_limit_is_one_budget_across_both_replicas(replicas):
             assert len(statuses) - first_429 >= 2
             return
         pytest.fail("the rate-limit window rolled over twice")
+
+
+async def test_the_per_user_websocket_limit_counts_every_replica(replicas):
+    import asyncio
+    import json
+
+    import websockets
+
+    a, b = replicas
+    # from another loopback address: the rate-limit test above used up 127.0.0.1's minute
+    with httpx.Client(base_url=a.base_url, transport=httpx.HTTPTransport(local_address="127.0.0.2")) as on_a:
+        _, body = _register(on_a)
+    token = body["access_token"]
+
+    def url(replica) -> str:
+        return f"ws://127.0.0.1:{replica.port}/market-feed?token={token}"
+
+    async def opened(replica):
+        ws = await websockets.connect(url(replica))
+        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert first[0]["action"] == "auth", first
+        return ws
+
+    ws1, ws2 = await opened(a), await opened(b)  # one on each replica: the limit of 2 is reached
+    try:
+        for replica in (a, b):
+            async with websockets.connect(url(replica)) as ws:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd.code == 4429 and "at most 2 per user" in closed.value.rcvd.reason
+        await ws1.close()  # its slot is released at once, here on A, for B too
+        await asyncio.sleep(0.3)
+        ws3 = await opened(b)
+        await ws3.close()
+    finally:
+        await ws1.close()
+        await ws2.close()
