@@ -242,8 +242,8 @@ async def test_connections_per_user_are_limited(feed_app):
 
 
 async def test_a_client_that_stops_reading_never_slows_the_others(feed_app):
-    """The slow client's disconnect itself (4008) is tested in tests/unit/test_market_stream.py: here the
-    kernel's socket buffers (several MB on loopback) would take too long to fill."""
+    """A short stall: the kernel's socket buffers absorb it, the client is kept and gets its backlog.
+    (A stall long enough to fill them ends in 4008: the next test.)"""
     token, _ = await register(feed_app)
     everything = {"action": "subscribe", "symbols": ["AAPL", "AMD", "AMZN", "BABA", "BAC", "BBY", "GE", "GM", "GOOG",
                                                      "JPM", "MA", "META", "PFE", "RRC", "SBUX", "T", "UAA", "WMT",
@@ -271,3 +271,41 @@ async def test_a_client_that_stops_reading_never_slows_the_others(feed_app):
     finally:
         await slow.close()
         await fast.close()
+
+
+async def test_a_client_that_stops_reading_for_good_is_closed_with_4008(pg_cluster, redis_server, test_env):
+    """End to end, a real socket: the client stops reading; once the kernel's buffers on both sides are
+    full (a few MB on loopback: ~15 s at this feed rate), the server's sends block for
+    WS_SLOW_CLIENT_TIMEOUT and it closes the connection with 4008, which the client reads when it
+    resumes. (The rule itself, with stub sockets: tests/unit/test_market_stream.py.)"""
+    name = "wt_market_slow_" + uuid.uuid4().hex[:6]
+    pg_cluster.create_database(name)
+    env = {**test_env, "DATABASE_URL": pg_cluster.url(name), "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/7",
+           "MARKET_FEED": "simulator", "SIMULATOR_RATE": "20000", "FEED_FLUSH_INTERVAL": "0.005",
+           "WS_SLOW_CLIENT_TIMEOUT": "1", "LOG_LEVEL": "INFO"}
+    app = AppProcess(env)
+    await asyncio.to_thread(app.start, 60)
+    try:
+        token, _ = await register(app)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", app.port))
+        ws = await websockets.connect(ws_url(app, token), sock=sock, max_queue=1, max_size=2**24)
+        symbols = ["AAPL", "AMD", "AMZN", "BABA", "BAC", "BBY", "GE", "GM", "GOOG", "JPM", "MA", "META", "PFE",
+                   "RRC", "SBUX", "T", "UAA", "WMT", "XOM", "SPY"]
+        await ws.send(json.dumps({"action": "subscribe", "symbols": symbols}))
+        ws.transport.pause_reading()  # the client stops reading from its socket altogether
+        started = time.monotonic()
+        while "slow feed client disconnected" not in app.logs():
+            assert time.monotonic() - started < 60, "the stalled client was never dropped"
+            await asyncio.sleep(0.5)
+        dropped_after = time.monotonic() - started
+        ws.transport.resume_reading()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:  # the backlog first, then the close frame
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008, closed.value
+        assert "slow consumer" in closed.value.rcvd.reason
+        assert dropped_after > 1  # not before its sends had blocked for WS_SLOW_CLIENT_TIMEOUT
+    finally:
+        await asyncio.to_thread(app.stop)
