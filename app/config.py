@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     bcrypt_rounds: int = 12
     rate_limit_per_minute: int = 600  # global per-client API limit
     login_attempts_per_minute: int = 10  # failed logins per email and per client address
+    session_activity_flush: float = 30.0  # seconds between writes of sessions' last_used_at
 
     # --- market data ---------------------------------------------------------------------------
     market_feed: Literal["simulator", "polygon", "off"] = "simulator"
@@ -106,6 +107,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("bcrypt_rounds", "must be at least 12")
         if self.rate_limit_per_minute < 1 or self.login_attempts_per_minute < 1:
             raise bad("rate_limit_per_minute", "limits must be positive")
+        if not 0 < self.session_activity_flush <= 3600:
+            raise bad("session_activity_flush", "must be between 0 and 3600 seconds")
         if self.simulator_rate <= 0:
             raise bad("simulator_rate", "must be positive")
         if not 0.2 <= self.system_sample_interval <= 60:

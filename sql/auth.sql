@@ -129,3 +129,9 @@ WHERE s.id = ANY($1::uuid[])
 
 -- name: rehash_password
 UPDATE users SET password_hash = $2 WHERE id = $1
+
+-- name: record_session_activity
+-- $1 session ids, $2 when each was last seen (app/auth/activity.py)
+UPDATE sessions AS s SET last_used_at = GREATEST(s.last_used_at, v.seen_at)
+FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, seen_at)
+WHERE s.id = v.id

@@ -38,6 +38,7 @@ def plugins(settings: Settings) -> list[Any]:
 @contextlib.asynccontextmanager
 async def lifespan(ctx: AppContext) -> AsyncIterator[None]:
     from app.auth import service
+    from app.auth.activity import SessionActivity
     from app.db import sql_file
 
     await service.dummy_hash(ctx)  # computed once, off the loop, before the first login needs it
@@ -50,10 +51,18 @@ async def lifespan(ctx: AppContext) -> AsyncIterator[None]:
                 log.warning("purging old sessions failed", exc_info=True)
             await asyncio.sleep(PURGE_INTERVAL)
 
+    activity = ctx.services["auth.activity"] = SessionActivity()
     task = asyncio.create_task(purge(), name="auth-session-purge")
+    recorder = asyncio.create_task(activity.run(ctx.db, ctx.settings.session_activity_flush),
+                                   name="auth-session-activity")
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for t in (task, recorder):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        try:
+            await activity.flush(ctx.db)  # what was seen since the last flush
+        except Exception:  # noqa: BLE001 - stopping anyway; at most SESSION_ACTIVITY_FLUSH s of activity lost
+            log.warning("recording session activity at shutdown failed", exc_info=True)

@@ -60,7 +60,12 @@ async def retrieve_user_handler(token: Token, connection: ASGIConnection[Any, An
     state = await session_state(connection.app.state.ctx, session_id,
                                 connection.scope.get(_SCOPE_PREFETCH_KEY))  # type: ignore[call-overload]
     connection.scope[_SCOPE_STATE_KEY] = state  # type: ignore[literal-required]
-    return user_for(state, user_id, session_id)
+    user = user_for(state, user_id, session_id)
+    if user is not None and not is_revoked(state):
+        activity = connection.app.state.ctx.services.get("auth.activity")
+        if activity is not None:
+            activity.touch(session_id)
+    return user
 
 
 async def revoked_token_handler(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:

@@ -360,3 +360,52 @@ async def test_an_authenticated_request_reads_its_session_in_the_rate_limiters_c
     finally:
         task.cancel()
         await r.aclose()
+
+
+async def test_requests_move_last_used_at_without_a_write_each(test_env, database_url):
+    """Requests mark their session as used in memory; the app writes it every SESSION_ACTIVITY_FLUSH s
+    (here 0.3) and at shutdown, and never moves it backwards."""
+    import jwt
+    from litestar.testing import AsyncTestClient
+
+    from app.asgi import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings(test_env, session_activity_flush="0.3")
+    db = await asyncpg.connect(database_url)
+    try:
+        async with AsyncTestClient(app=create_app(settings)) as c:
+            user = await register_user(c)
+            sid = uuid.UUID(jwt.decode(user.access_token, options={"verify_signature": False})["sid"])
+            at_login = await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid)
+            await asyncio.sleep(1.0)
+            assert (await c.get("/api/user/me", headers=user.headers)).status_code == 200
+            await asyncio.sleep(0.8)  # two flush intervals
+            used = await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid)
+            assert (used - at_login).total_seconds() >= 0.9
+            listed = (await c.get("/api/auth/sessions", headers=user.headers)).json()
+            assert [s["id"] for s in listed] == [str(sid)] and listed[0]["last_used_at"] >= used.isoformat()[:19]
+        before = await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid)
+        await asyncio.sleep(1.0)
+        # an app whose next flush is an hour away: what it saw is written when it stops
+        async with AsyncTestClient(app=create_app(make_settings(test_env, session_activity_flush="3600"))) as c:
+            assert (await c.get("/api/user/me", headers=user.headers)).status_code == 200
+            assert await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid) == before
+        last = await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid)
+        assert (last - before).total_seconds() >= 0.9
+        # an older observation arriving late does not move it back
+        from datetime import timedelta
+
+        from app.auth.activity import SessionActivity
+        from app.db import Database
+
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+        try:
+            late = SessionActivity()
+            late._seen[sid] = (last - timedelta(hours=1)).timestamp()
+            assert await late.flush(Database(pool)) == 1
+        finally:
+            await pool.close()
+        assert await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid) == last
+    finally:
+        await db.close()

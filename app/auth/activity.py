@@ -1,0 +1,53 @@
+"""When each session was last used: remembered in memory on every authenticated request and written to
+`sessions.last_used_at` in one statement every SESSION_ACTIVITY_FLUSH seconds (and at shutdown), so the
+sessions list is accurate to that interval without a database write per request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+from app.db import Database, sql_file
+
+log = logging.getLogger("app.auth")
+
+
+class SessionActivity:
+    """`touch(session_id)` on each request (a dict store); `flush(db)` writes what was seen."""
+
+    def __init__(self) -> None:
+        self._seen: dict[uuid.UUID, float] = {}
+
+    def touch(self, session_id: uuid.UUID) -> None:
+        self._seen[session_id] = time.time()
+
+    def pending(self) -> int:
+        return len(self._seen)
+
+    async def flush(self, db: Database) -> int:
+        if not self._seen:
+            return 0
+        seen, self._seen = self._seen, {}
+        ids = sorted(seen)  # rows locked in one order: two replicas' flushes cannot deadlock
+        try:
+            # GREATEST: a refresh on another replica, or an older flush arriving late, never moves it back
+            await db.execute(sql_file("auth")["record_session_activity"], ids,
+                             [datetime.fromtimestamp(seen[i], UTC) for i in ids])
+        except Exception:
+            for sid, at in seen.items():  # keep them for the next flush (newest time wins)
+                self._seen[sid] = max(at, self._seen.get(sid, 0.0))
+            raise
+        return len(ids)
+
+    async def run(self, db: Database, interval: float) -> None:
+        """Flush every `interval` seconds until cancelled; a failed flush is retried next time."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush(db)
+            except Exception:  # noqa: BLE001 - the database may be away for a while; try again later
+                log.warning("recording session activity failed; retrying", exc_info=True,
+                            extra={"sessions": self.pending()})
