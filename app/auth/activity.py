@@ -20,12 +20,21 @@ class SessionActivity:
 
     def __init__(self) -> None:
         self._seen: dict[uuid.UUID, float] = {}
+        self.written = 0
+        self.failures = 0
+        self.last_error: str | None = None
 
     def touch(self, session_id: uuid.UUID) -> None:
         self._seen[session_id] = time.time()
 
     def pending(self) -> int:
         return len(self._seen)
+
+    def status(self) -> dict[str, object]:
+        """For the system status page (ctx.services). "retrying" after a failed write is shown but not
+        raised as a problem: the database check already reports the outage behind it."""
+        return {"state": "retrying" if self.last_error else "ok", "pending": self.pending(),
+                "written": self.written, "failures": self.failures, "last_error": self.last_error}
 
     async def flush(self, db: Database) -> int:
         if not self._seen:
@@ -36,10 +45,14 @@ class SessionActivity:
             # GREATEST: a refresh on another replica, or an older flush arriving late, never moves it back
             await db.execute(sql_file("auth")["record_session_activity"], ids,
                              [datetime.fromtimestamp(seen[i], UTC) for i in ids])
-        except Exception:
+        except Exception as exc:
             for sid, at in seen.items():  # keep them for the next flush (newest time wins)
                 self._seen[sid] = max(at, self._seen.get(sid, 0.0))
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             raise
+        self.written += len(ids)
+        self.last_error = None
         return len(ids)
 
     async def run(self, db: Database, interval: float) -> None:

@@ -383,6 +383,8 @@ async def test_requests_move_last_used_at_without_a_write_each(test_env, databas
             await asyncio.sleep(0.8)  # two flush intervals
             used = await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid)
             assert (used - at_login).total_seconds() >= 0.9
+            status = c.app.state.ctx.services["auth.activity"].status()
+            assert status["state"] == "ok" and status["written"] >= 1 and status["failures"] == 0
             listed = (await c.get("/api/auth/sessions", headers=user.headers)).json()
             assert [s["id"] for s in listed] == [str(sid)] and listed[0]["last_used_at"] >= used.isoformat()[:19]
         before = await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid)
@@ -407,5 +409,10 @@ async def test_requests_move_last_used_at_without_a_write_each(test_env, databas
         finally:
             await pool.close()
         assert await db.fetchval("SELECT last_used_at FROM sessions WHERE id = $1", sid) == last
+        # a write that fails keeps what it held for the next one, and says so on the status page
+        late.touch(sid)
+        with pytest.raises(asyncpg.InterfaceError):
+            await late.flush(Database(pool))  # the pool is closed
+        assert late.pending() == 1 and late.status()["state"] == "retrying" and late.status()["failures"] == 1
     finally:
         await db.close()

@@ -280,7 +280,7 @@ async def test_a_client_that_stops_reading_for_good_is_closed_with_4008(pg_clust
     resumes. (The rule itself, with stub sockets: tests/unit/test_market_stream.py.)"""
     name = "wt_market_slow_" + uuid.uuid4().hex[:6]
     pg_cluster.create_database(name)
-    env = {**test_env, "DATABASE_URL": pg_cluster.url(name), "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/7",
+    env = {**test_env, "DATABASE_URL": pg_cluster.url(name), "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/8",
            "MARKET_FEED": "simulator", "SIMULATOR_RATE": "20000", "FEED_FLUSH_INTERVAL": "0.005",
            "WS_SLOW_CLIENT_TIMEOUT": "1", "LOG_LEVEL": "INFO"}
     app = AppProcess(env)
