@@ -77,28 +77,6 @@ INSERT INTO transactions (portfolio_id, type, symbol, quantity, price, amount, f
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 RETURNING id, seq, type, symbol, quantity, price, amount, fee, ratio, currency, note, executed_at, created_at;
 
--- name: bump_and_store_state
--- One round trip: the next ledger version and the portfolio-wide state that goes with it.
-WITH v AS (
-    UPDATE portfolios SET ledger_version = ledger_version + 1, updated_at = now() WHERE id = $1
-    RETURNING ledger_version
-)
-INSERT INTO portfolio_state (portfolio_id, ledger_version, state, updated_at)
-SELECT $1, v.ledger_version, $2::text::jsonb, now() FROM v
-ON CONFLICT (portfolio_id) DO UPDATE
-SET ledger_version = EXCLUDED.ledger_version, state = EXCLUDED.state, updated_at = now()
-RETURNING ledger_version;
-
--- name: get_positions
-SELECT position::text AS position FROM portfolio_positions WHERE portfolio_id = $1;
-
--- name: upsert_position
-INSERT INTO portfolio_positions (portfolio_id, symbol, position) VALUES ($1, $2, $3::text::jsonb)
-ON CONFLICT (portfolio_id, symbol) DO UPDATE SET position = EXCLUDED.position;
-
--- name: delete_positions
-DELETE FROM portfolio_positions WHERE portfolio_id = $1;
-
 -- name: insert_transactions_bulk
 INSERT INTO transactions (portfolio_id, type, symbol, quantity, price, amount, fee, ratio, currency, note, executed_at)
 SELECT $1, t.type, t.symbol, t.quantity, t.price, t.amount, t.fee, t.ratio, t.currency, t.note, t.executed_at

@@ -9,7 +9,6 @@ import logging
 import math
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -39,6 +38,7 @@ from app.cache import CacheUnavailable
 from app.context import AppContext
 from app.db import sql_file
 from app.errors import AppError, Unprocessable
+from app.memo import TTLMemo
 
 log = logging.getLogger("app.analytics")
 
@@ -207,8 +207,8 @@ class WindowSeries:
     values: list[float]
 
 
-_SERIES: OrderedDict[tuple[uuid.UUID, int, date], Any] = OrderedDict()
 SERIES_MEMO_SIZE = 16
+_SERIES: TTLMemo[tuple[uuid.UUID, int, date], Any] = TTLMemo(size=SERIES_MEMO_SIZE)
 
 
 async def _full_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> Any:
@@ -220,12 +220,9 @@ async def _full_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.U
     key = (portfolio_id, await ledger_version(ctx, portfolio_id), _today())
     hit = _SERIES.get(key)
     if hit is not None:
-        _SERIES.move_to_end(key)
         return hit
     series = await portfolio_daily_series(ctx, portfolio_id, user_id)
-    _SERIES[key] = series
-    while len(_SERIES) > SERIES_MEMO_SIZE:
-        _SERIES.popitem(last=False)
+    _SERIES.put(key, series)
     return series
 
 

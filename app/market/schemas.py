@@ -39,14 +39,7 @@ class QuoteOut(msgspec.Struct):
     stale: bool
 
 
-class AssetDetail(msgspec.Struct):
-    symbol: str
-    name: str
-    type: str
-    exchange: str | None
-    currency: str
-    sector: str | None
-    active: bool
+class AssetDetail(Asset):
     history_start: date | None
     history_end: date | None
     quote: QuoteOut | None

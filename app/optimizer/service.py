@@ -23,6 +23,7 @@ from app.config import Settings
 from app.context import AppContext
 from app.db import sql_file
 from app.errors import AppError, ServiceUnavailable, Unprocessable
+from app.memo import TTLMemo
 from app.optimizer.pool import OptimizerBusy, OptimizerPool, OptimizerTimeout, WorkerCrashed
 from app.optimizer.problem import Problem, SolveError, View
 from app.optimizer.rebalance import RebalanceError, plan_rebalance
@@ -215,26 +216,22 @@ def _inline_universe(req: OptimizeRequest) -> Universe:
                     source="inline")
 
 
-_BOUNDS: dict[tuple[str, ...], tuple[float, frozenset[str], datetime | None]] = {}
 BOUNDS_TTL = 5.0  # seconds; a new asset or a new day's bar is seen this late at most
-BOUNDS_MAX = 1_000
+_BOUNDS: TTLMemo[tuple[str, ...], tuple[frozenset[str], datetime | None]] = TTLMemo(BOUNDS_TTL, size=1_000)
 
 
 async def _universe_bounds(ctx: AppContext, symbols: list[str]) -> tuple[frozenset[str], datetime | None]:
     """(which symbols are known assets, the newest daily bar among them), memoized for BOUNDS_TTL: the
     query re-plans on every run (a hypertable under `= ANY($1)`), ~0.5 ms of a 20-asset request."""
     key = tuple(symbols)
-    now = time.monotonic()
     hit = _BOUNDS.get(key)
-    if hit is not None and hit[0] > now:
-        return hit[1], hit[2]
+    if hit is not None:
+        return hit
     row = await ctx.db.fetchrow(sql_file("optimizer")["universe_bounds"], symbols)
-    known = frozenset(row["known"])
-    if len(known) == len(key):  # an unknown symbol is asked again next time: it may be added any moment
-        if len(_BOUNDS) >= BOUNDS_MAX:
-            _BOUNDS.clear()
-        _BOUNDS[key] = (now + BOUNDS_TTL, known, row["latest"])
-    return known, row["latest"]
+    bounds = frozenset(row["known"]), row["latest"]
+    if len(bounds[0]) == len(key):  # an unknown symbol is asked again next time: it may be added any moment
+        _BOUNDS.put(key, bounds)
+    return bounds
 
 
 async def _db_universe(ctx: AppContext, symbols: list[str], req: OptimizeRequest, source: str,

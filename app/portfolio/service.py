@@ -18,7 +18,6 @@ import base64
 import hashlib
 import logging
 import math
-import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -35,6 +34,7 @@ from app.cache import CacheUnavailable
 from app.context import AppContext
 from app.db import Database, sql_file
 from app.errors import AppError, Conflict, NotFound, Unprocessable
+from app.memo import TTLMemo
 from app.portfolio import performance as perf
 from app.portfolio.entries import SYMBOL_RE, Entry, check_entry, check_symbols
 from app.portfolio.ledger import (CostMethod, InsufficientCash, InsufficientQuantity, LedgerError, LedgerState,
@@ -307,9 +307,9 @@ class Valued:
     memo: dict[str, Any]  # per (version, prices): derived outputs (e.g. the encoded summary) may be kept here
 
 
-_PRICE_MEMO: dict[str, tuple[float, Any]] = {}
 STORED_PRICE_TTL = 5.0  # a price from a stored bar changes only when a bar is written
 LIVE_PRICE_TTL = 0.1  # a live quote is re-read from the quote cache at most this late
+_PRICES: TTLMemo[str, Any] = TTLMemo()
 
 
 async def _prices(ctx: AppContext, symbols: list[str]) -> dict[str, Any]:
@@ -318,21 +318,8 @@ async def _prices(ctx: AppContext, symbols: list[str]) -> dict[str, Any]:
     stored bars (no live quote) for 5 s."""
     from app.market.prices import latest_prices
 
-    now = time.monotonic()
-    out: dict[str, Any] = {}
-    wanted = []
-    for sym in symbols:
-        memo = _PRICE_MEMO.get(sym)
-        if memo is not None and memo[0] > now:
-            out[sym] = memo[1]
-        else:
-            wanted.append(sym)
-    if wanted:
-        fresh = await latest_prices(ctx, wanted)
-        for sym, p in fresh.items():
-            out[sym] = p
-            _PRICE_MEMO[sym] = (now + (STORED_PRICE_TTL if p.stale else LIVE_PRICE_TTL), p)
-    return out
+    return await _PRICES.get_many(symbols, lambda wanted: latest_prices(ctx, wanted),
+                                  ttl_of=lambda p: STORED_PRICE_TTL if p.stale else LIVE_PRICE_TTL)
 
 
 async def valuation(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> Valued:
@@ -415,25 +402,15 @@ def _ledger_conflict(err: LedgerError, new_ids: set[Any]) -> AppError:
     return AppError(prefix + err.message, field=err.field)
 
 
-_ASSET_CURRENCY: dict[str, tuple[float, str]] = {}
 ASSET_TTL = 60.0  # known assets and their currency, per process (unknown symbols are asked every time)
+_ASSET_CURRENCY: TTLMemo[str, str] = TTLMemo(ASSET_TTL)
 
 
 async def _asset_currencies(db: Any, symbols: Sequence[str]) -> dict[str, str]:
-    now = time.monotonic()
-    out: dict[str, str] = {}
-    missing = []
-    for sym in symbols:
-        hit = _ASSET_CURRENCY.get(sym)
-        if hit is not None and hit[0] > now:
-            out[sym] = hit[1]
-        else:
-            missing.append(sym)
-    if missing:
-        for r in await db.fetch(q("asset_currencies"), missing):
-            out[r["symbol"]] = r["currency"]
-            _ASSET_CURRENCY[r["symbol"]] = (now + ASSET_TTL, r["currency"])
-    return out
+    async def fetch(missing: list[str]) -> dict[str, str]:
+        return {r["symbol"]: r["currency"] for r in await db.fetch(q("asset_currencies"), missing)}
+
+    return await _ASSET_CURRENCY.get_many(symbols, fetch)
 
 
 def _raise_field_errors(errors: list[tuple[str, str]], status: int = 400) -> None:
@@ -721,25 +698,22 @@ async def _series(ctx: AppContext, txs: list[Tx], method: str, start: date | Non
     return series, closes
 
 
-_SERIES: OrderedDict[tuple, tuple[float, DailySeries, dict[str, list[tuple[date, Decimal]]]]] = OrderedDict()
 SERIES_TTL = 30.0  # closes change during the day (today's live close), the ledger by version
 SERIES_CACHE_SIZE = 64
+_SERIES: TTLMemo[tuple, tuple[DailySeries, dict[str, list[tuple[date, Decimal]]]]] = TTLMemo(SERIES_TTL,
+                                                                                            SERIES_CACHE_SIZE)
 
 
 async def _series_cached(ctx: AppContext, portfolio_id: uuid.UUID, version: int, method: str, start: date | None,
                          end: date | None, extra_symbols: Sequence[str] = (), with_weights: bool = False
                          ) -> tuple[DailySeries, dict[str, list[tuple[date, Decimal]]]]:
     key = (portfolio_id, version, method, start, end, tuple(extra_symbols), with_weights)
-    now = time.monotonic()
     hit = _SERIES.get(key)
-    if hit is not None and hit[0] > now:
-        _SERIES.move_to_end(key)
-        return hit[1], hit[2]
+    if hit is not None:
+        return hit
     txs = await _ledger_txs(ctx, portfolio_id, version)
     series, closes = await _series(ctx, txs, method, start, end, extra_symbols, with_weights)
-    _SERIES[key] = (now + SERIES_TTL, series, closes)
-    while len(_SERIES) > SERIES_CACHE_SIZE:
-        _SERIES.popitem(last=False)
+    _SERIES.put(key, (series, closes))
     return series, closes
 
 
