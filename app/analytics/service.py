@@ -227,13 +227,16 @@ async def _full_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.U
 
 
 async def window_series(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID, window: str) -> WindowSeries:
-    """The portfolio's daily series over the window. Windows end at the series' last date (the latest
-    market date with closes for its holdings), not at today, so a stale data source still gives a
-    full window."""
+    """The portfolio's daily series over the window, on market days only (days without closes are
+    linked into the next market day: `fold_to_market_days`). Windows end at the series' last date
+    (the latest market date with closes for its holdings), not at today, so a stale data source
+    still gives a full window."""
+    from app.portfolio.performance import fold_to_market_days
+
     series = await _full_series(ctx, portfolio_id, user_id)
-    dates = list(series.dates)
-    returns = [float(r) for r in series.returns]
-    values = [float(v) for v in series.values]
+    dates, day_values, returns = fold_to_market_days(series.dates, series.values, series.returns,
+                                                     series.market_days)
+    values = [float(v) for v in day_values]
     if dates:
         start = window_start(window, dates[-1])
         if start is not None:

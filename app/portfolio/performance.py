@@ -35,6 +35,7 @@ class DailySeries:
     weights_by_symbol: dict[str, list[float]] = field(default_factory=dict)
     contributions: list[Decimal] = field(default_factory=list)  # cumulative net contributions, end of day
     cash: list[Decimal] = field(default_factory=list)
+    market_days: list[bool] = field(default_factory=list)  # True where some symbol in `closes` has a close
 
 
 def daily_values(txs: Sequence[Tx], method: CostMethod | str, closes: dict[str, list[tuple[date, Decimal]]],
@@ -53,6 +54,8 @@ def daily_values(txs: Sequence[Tx], method: CostMethod | str, closes: dict[str, 
     i = 0
     n = len(ordered)
     weights: dict[str, list[float]] = {}
+    close_days = {d for series in closes.values() for d, _ in series}
+    out.market_days = [d in close_days for d in out.dates]
     with localcontext(LEDGER_CONTEXT):
         for k, day in enumerate(dates):
             before = state.net_contributions
@@ -108,6 +111,28 @@ def twr_daily_returns(values: Sequence[Decimal], flows: Sequence[Decimal]) -> li
             denom = prev + flow / 2
         out.append(float(gain) / float(denom) if denom > 0 else 0.0)
     return out
+
+
+def fold_to_market_days(dates: Sequence[date], values: Sequence[Decimal], returns: Sequence[float],
+                        market_days: Sequence[bool]) -> tuple[list[date], list[Decimal], list[float]]:
+    """The series on market days only, for risk statistics: a day without closes (a weekend deposit,
+    a holiday fee) is not a period of its own — a zero-return period would shrink volatility and
+    stretch the annualization. Its return is linked into the next market day's (TWR unchanged);
+    the first day stays (the series' start); days after the last market day are left out until the
+    next close. Without any market day (cash only, or no closes) the series is returned as it is."""
+    if not any(market_days):
+        return list(dates), list(values), list(returns)
+    last_market = max(i for i, m in enumerate(market_days) if m)
+    out_dates, out_values, out_returns = [dates[0]], [values[0]], []
+    growth = 1.0
+    for i in range(1, last_market + 1):
+        growth *= 1.0 + returns[i - 1]
+        if market_days[i]:
+            out_dates.append(dates[i])
+            out_values.append(values[i])
+            out_returns.append(growth - 1.0)
+            growth = 1.0
+    return out_dates, out_values, out_returns
 
 
 def chain(returns: Sequence[float]) -> float:

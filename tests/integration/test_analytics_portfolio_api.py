@@ -197,6 +197,26 @@ async def test_cached_until_the_ledger_changes(client, market: Market) -> None:
     assert c["metrics"]["volatility"] == pytest.approx(a["metrics"]["volatility"], rel=1e-3)
 
 
+async def test_a_weekend_flow_is_not_a_period_of_its_own(client, market: Market) -> None:
+    """A deposit on a Saturday between two market days: the risk series stays on market days (the same
+    number of periods, the figures barely moved), while the performance series still shows that day."""
+    user = await register_user(client)
+    pid = await _portfolio(client, user, market)
+    params = {"window": "max", "benchmark": market.bench}
+    a = (await client.get(f"/api/analytics/portfolio/{pid}/risk", headers=user.headers, params=params)).json()
+    k = next(i for i in range(100, N_DAYS) if market.days[i].weekday() == 4)  # a Friday inside the series
+    sat = market.days[k] + timedelta(days=1)
+    r = await client.post(f"/api/portfolio/{pid}/transactions", headers=user.headers, json={
+        "type": "deposit", "amount": "100", "executed_at": datetime(sat.year, sat.month, sat.day, 12,
+                                                                     tzinfo=UTC).isoformat()})
+    assert r.status_code == 201, r.text
+    c = (await client.get(f"/api/analytics/portfolio/{pid}/risk", headers=user.headers, params=params)).json()
+    assert c["metrics"]["periods"] == a["metrics"]["periods"] == N_DAYS - 1
+    assert c["metrics"]["volatility"] == pytest.approx(a["metrics"]["volatility"], rel=5e-3)
+    r = await client.get(f"/api/portfolio/{pid}/performance", headers=user.headers, params={"range": "max"})
+    assert r.status_code == 200 and sat.isoformat() in r.json()["dates"]
+
+
 async def test_forecast_has_ewma_and_garch(client, market: Market) -> None:
     user = await register_user(client)
     pid = await _portfolio(client, user, market)

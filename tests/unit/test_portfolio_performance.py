@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.portfolio.ledger import Tx, TxType
-from app.portfolio.performance import (align, annualize, chain, cumulative_index, daily_values, rebase,
-                                       twr_daily_returns, xirr, xirr_cashflows)
+from app.portfolio.performance import (align, annualize, chain, cumulative_index, daily_values,
+                                       fold_to_market_days, rebase, twr_daily_returns, xirr, xirr_cashflows)
 
 D0 = date(2024, 1, 1)
 
@@ -129,3 +129,50 @@ def test_helpers() -> None:
     long = [(date(1900, 1, 1), -1e13), (date(1960, 1, 1), -1e13), (date(2026, 1, 1), 1.0)]
     rate = xirr(long)
     assert rate is None or -1 < rate < 0
+
+
+def test_market_days_are_the_days_with_closes() -> None:
+    txs = [Tx(type=TxType.DEPOSIT, executed_at=at(0), seq=1, amount=Decimal(1000)),
+           Tx(type=TxType.BUY, executed_at=at(0), seq=2, symbol="X", quantity=Decimal(5), price=Decimal(100)),
+           Tx(type=TxType.DEPOSIT, executed_at=at(5), seq=3, amount=Decimal(500))]
+    closes = {"X": [(D0, Decimal(100)), (D0 + timedelta(days=1), Decimal(110)), (D0 + timedelta(days=6), Decimal(60))]}
+    days = [D0, D0 + timedelta(days=1), D0 + timedelta(days=5), D0 + timedelta(days=6)]
+    s = daily_values(txs, "fifo", closes, days)
+    assert s.market_days == [True, True, False, True]
+
+
+def test_a_weekend_deposit_is_not_a_period_of_its_own() -> None:
+    """Fri close → Sat deposit (no closes) → Mon close: one period Fri→Mon, same TWR as before."""
+    fri, sat, mon = date(2026, 12, 4), date(2026, 12, 5), date(2026, 12, 7)
+    txs = [Tx(type=TxType.DEPOSIT, executed_at=at(-30), seq=1, amount=Decimal(1000)),
+           Tx(type=TxType.BUY, executed_at=at(-30), seq=2, symbol="X", quantity=Decimal(5), price=Decimal(100)),
+           Tx(type=TxType.DEPOSIT, executed_at=datetime(2026, 12, 5, 10, tzinfo=UTC), seq=3, amount=Decimal(500))]
+    closes = {"X": [(fri, Decimal(100)), (mon, Decimal(104))]}
+    s = daily_values(txs, "fifo", closes, [fri, sat, mon])
+    assert s.returns[0] == 0.0 and len(s.returns) == 2  # the zero-return weekend period that is folded away
+    dates, values, returns = fold_to_market_days(s.dates, s.values, s.returns, s.market_days)
+    assert dates == [fri, mon] and values == [s.values[0], s.values[2]]
+    assert returns == [pytest.approx(chain(s.returns))]
+    # trailing: until Monday's close exists, Saturday is left out
+    s = daily_values(txs, "fifo", {"X": [(fri, Decimal(100))]}, [fri, sat])
+    assert fold_to_market_days(s.dates, s.values, s.returns, s.market_days) == ([fri], [s.values[0]], [])
+
+
+def test_without_any_market_day_the_series_stays() -> None:
+    dates = [D0, D0 + timedelta(days=1)]
+    assert fold_to_market_days(dates, [Decimal(1), Decimal(2)], [1.0], [False, False]) == (
+        dates, [Decimal(1), Decimal(2)], [1.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(-0.5, 0.5), st.booleans()), min_size=1, max_size=40))
+def test_folding_keeps_the_time_weighted_return(steps: list[tuple[float, bool]]) -> None:
+    returns = [r for r, _ in steps]
+    market = [True] + [m for _, m in steps]
+    dates = [D0 + timedelta(days=i) for i in range(len(market))]
+    values = [Decimal(i) for i in range(len(market))]
+    f_dates, f_values, f_returns = fold_to_market_days(dates, values, returns, market)
+    last = max(i for i, m in enumerate(market) if m)
+    assert f_dates == [d for i, d in enumerate(dates) if i == 0 or (market[i] and i <= last)]
+    assert len(f_returns) == len(f_dates) - 1 and len(f_values) == len(f_dates)
+    assert chain(f_returns) == pytest.approx(chain(returns[:last]), rel=1e-9, abs=1e-12)
