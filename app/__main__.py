@@ -65,7 +65,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
     # SIGTERM: stop accepting, readiness 503, WebSockets closed with 1001, in-flight requests finish
     # within SHUTDOWN_TIMEOUT, then the lifespan shutdown (ingestion flush) — see app/system/shutdown.py.
-    GracefulServer(config).run()
+    if settings.web_workers > 1:
+        from app.system.metrics import prepare_multiprocess_metrics
+        from app.system.shutdown import serve_workers
+
+        settings.signing_key()  # a generated key is written once, here, not raced by the workers
+        prepare_multiprocess_metrics(settings)
+        serve_workers(config, settings.web_workers)
+    else:
+        GracefulServer(config).run()
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:

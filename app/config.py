@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     data_dir: str = str(PROJECT_ROOT / ".data")
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
     shutdown_timeout: float = 10.0
+    web_workers: int = 1  # server processes sharing the port (replicas on one machine; >1 needs Redis)
 
     # --- database ------------------------------------------------------------------------------
     database_url: str | None = None  # unset → the embedded cluster under data_dir
@@ -135,6 +136,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("portfolio_import_max_rows", "must be between 1 and 1000000")
         if not 0.05 <= self.portfolio_live_interval <= 60:
             raise bad("portfolio_live_interval", "must be between 0.05 and 60 seconds")
+        if not 1 <= self.web_workers <= 64:
+            raise bad("web_workers", "must be between 1 and 64")
+        if self.web_workers > 1 and not self.redis_url:
+            raise bad("web_workers", "above 1 needs REDIS_URL: rate limits, sessions and the price fan-out "
+                                     "must be shared between the processes")
         if self.optimizer_workers < 1:
             raise bad("optimizer_workers", "must be at least 1")
         if not 0 < self.optimizer_timeout <= 3600:

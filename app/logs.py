@@ -105,17 +105,18 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, receive, send_wrapper)
         finally:
-            access_log.info(
-                "request",
-                extra={
-                    "method": scope.get("method", "WS"),
-                    "path": scope["path"],
-                    "status": status or 500,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "request_id": request_id,
-                    "client": client_ip(scope, self.trusted),
-                },
-            )
+            if access_log.isEnabledFor(logging.INFO):  # else skip building the record (every request)
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": scope.get("method", "WS"),
+                        "path": scope["path"],
+                        "status": status or 500,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "request_id": request_id,
+                        "client": client_ip(scope, self.trusted),
+                    },
+                )
 
 
 def _nul_parameter(scope) -> str | None:  # type: ignore[no-untyped-def]

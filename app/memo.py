@@ -5,6 +5,7 @@ accept its time to live as the staleness bound."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
@@ -22,6 +23,7 @@ class TTLMemo(Generic[K, V]):
         self.ttl = ttl
         self.size = size
         self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._inflight: dict[K, asyncio.Future[Mapping[K, V]]] = {}
 
     def get(self, key: K) -> V | None:
         item = self._items.get(key)
@@ -34,6 +36,16 @@ class TTLMemo(Generic[K, V]):
             self._items.move_to_end(key)
         return item[1]
 
+    def expires_at(self, keys: Iterable[K]) -> float:
+        """The earliest `time.monotonic()` at which one of `keys` expires (-inf if one is absent)."""
+        earliest = float("inf")
+        for key in keys:
+            item = self._items.get(key)
+            if item is None:
+                return float("-inf")
+            earliest = min(earliest, item[0])
+        return earliest
+
     def put(self, key: K, value: V, ttl: float | None = None) -> None:
         self._items[key] = (time.monotonic() + (self.ttl if ttl is None else ttl), value)
         self._items.move_to_end(key)
@@ -44,23 +56,64 @@ class TTLMemo(Generic[K, V]):
     async def get_many(self, keys: Iterable[K], fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]],
                        ttl_of: Callable[[V], float] | None = None) -> dict[K, V]:
         """The memoized values of `keys`; the missing ones come from one `fetch(missing)` call and are
-        kept (for `ttl_of(value)` seconds when given). Keys that `fetch` does not return are absent."""
+        kept (for `ttl_of(value)` seconds when given). Keys that `fetch` does not return are absent.
+
+        Single flight: a key already being fetched by another caller is awaited, not fetched again —
+        when an entry expires under load, every concurrent request used to miss at once and send its
+        own fetch (32 identical price queries every 5 s: a 150 ms stall in the portfolio benchmark)."""
         out: dict[K, V] = {}
         missing: list[K] = []
+        waits: dict[asyncio.Future[Mapping[K, V]], list[K]] = {}
         for key in keys:
             value = self.get(key)
-            if value is None:
-                missing.append(key)
+            if value is not None:
+                out[key] = value
+            elif (flight := self._inflight.get(key)) is not None:
+                waits.setdefault(flight, []).append(key)
             else:
-                out[key] = value
+                missing.append(key)
         if missing:
-            for key, value in (await fetch(missing)).items():
-                out[key] = value
-                self.put(key, value, None if ttl_of is None else ttl_of(value))
+            out.update(await self._fetch(missing, fetch, ttl_of))
+        for flight, wanted in waits.items():
+            await asyncio.wait([flight])  # never raises for the flight's own outcome
+            if flight.cancelled():  # its caller went away mid-fetch: fetch what we still need ourselves
+                out.update(await self._fetch([k for k in wanted if k not in out], fetch, ttl_of))
+                continue
+            got = flight.result()  # re-raises the fetch's error, as our own fetch would have
+            out.update((k, got[k]) for k in wanted if k in got)
         return out
+
+    async def _fetch(self, keys: list[K], fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]],
+                     ttl_of: Callable[[V], float] | None) -> Mapping[K, V]:
+        flight: asyncio.Future[Mapping[K, V]] = asyncio.get_running_loop().create_future()
+        flight.add_done_callback(_consume)
+        for key in keys:
+            self._inflight[key] = flight
+        try:
+            got = await fetch(keys)
+            for key, value in got.items():
+                self.put(key, value, None if ttl_of is None else ttl_of(value))
+            flight.set_result(got)
+            return got
+        except asyncio.CancelledError:
+            flight.cancel()
+            raise
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        finally:
+            for key in keys:
+                if self._inflight.get(key) is flight:
+                    del self._inflight[key]
 
     def clear(self) -> None:
         self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _consume(flight: asyncio.Future) -> None:
+    """Mark a failed flight's error as seen: the fetching caller raises it already."""
+    if not flight.cancelled():
+        flight.exception()

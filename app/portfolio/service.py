@@ -18,6 +18,7 @@ import base64
 import hashlib
 import logging
 import math
+import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -198,6 +199,8 @@ class Derived:
     day: date | None = None
     today: list[Tx] | None = None
     memo: tuple[Any, Valuation, dict[str, Any]] | None = None  # the last valuation and its prices
+    # until this time.monotonic(), none of memo's prices can have changed (their memo entries live on)
+    memo_fresh_until: float = float("-inf")
 
 
 _STATE: OrderedDict[uuid.UUID, Derived] = OrderedDict()
@@ -326,14 +329,19 @@ async def valuation(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID
     row = await _owned(ctx, portfolio_id, user_id)
     version = int(row["ledger_version"])
     d = await derived(ctx, portfolio_id, version, row["cost_basis_method"])
-    symbols = {p.symbol for p in d.state.positions.values() if p.lots}
-    symbols.update(t.symbol for t in d.today if t.symbol)
-    prices = await _prices(ctx, sorted(symbols)) if symbols else {}
+    memo = d.memo
+    if memo is not None and time.monotonic() < d.memo_fresh_until and memo[0][0] == d.day:
+        # the prices it was valued at are all still the memoized ones: nothing to look up or compare
+        return Valued(memo[1], version, row["base_currency"], memo[2])
+    symbols = sorted({p.symbol for p in d.state.positions.values() if p.lots} |
+                     {t.symbol for t in d.today or () if t.symbol})
+    prices = await _prices(ctx, symbols) if symbols else {}
     key = (d.day, len(d.today or ()),
            tuple((s, p.price, p.previous_close, p.stale, p.as_of) for s, p in sorted(prices.items())))
-    memo = d.memo
     if memo is None or memo[0] != key:  # prices moved (or the day): value again
         memo = d.memo = (key, value(d.state, prices, d.today or [], d.snaps), {})
+    # symbols without any price are looked up again on the next request, as before
+    d.memo_fresh_until = _PRICES.expires_at(symbols) if len(prices) == len(symbols) else float("-inf")
     return Valued(memo[1], version, row["base_currency"], memo[2])
 
 

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.context import AppContext
 from app.errors import ServiceUnavailable
 from app.system import feed
-from app.system.metrics import EVENT_LOOP_LAG, MetricsController, prometheus_config
+from app.system.metrics import EVENT_LOOP_LAG, MetricsController, mark_worker_gone, prometheus_config
 from app.system.shutdown import WebSocketDrainMiddleware
 from app.system.status import LoopLagMonitor, SystemSampler, activate, deactivate
 
@@ -63,6 +63,7 @@ async def lifespan(ctx: AppContext) -> AsyncIterator[None]:
     finally:
         deactivate(sampler)
         ctx.services.pop("system", None)
+        mark_worker_gone()
         await sampler.stop()
 
 

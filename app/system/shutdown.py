@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import multiprocess as uvicorn_multiprocess
 
 log = logging.getLogger("app.system")
 
@@ -131,3 +132,29 @@ class GracefulServer(uvicorn.Server):
         except Exception:  # shutting down must go on whatever happens here
             log.exception("drain failed")
         await super().shutdown(sockets)
+
+
+
+class GracefulProcess(uvicorn_multiprocess.Process):
+    """One of uvicorn's worker processes, running `GracefulServer` instead of uvicorn's server."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = GracefulServer(config=self.config)
+        return self._server
+
+
+def serve_workers(config: uvicorn.Config, workers: int) -> None:
+    """WEB_WORKERS > 1: uvicorn's own supervisor (one listening socket, `workers` spawned processes,
+    a dead or hung one replaced, SIGTERM/SIGINT passed on as SIGTERM), each running `GracefulServer`.
+
+    Each process is a full replica: the shared state (rate limits, sessions, WebSocket slots, price
+    fan-out, feed leadership) already lives in Redis and PostgreSQL, as for replicas on several
+    machines."""
+    # The supervisor creates its processes through this module global, its only hook; the spawned
+    # children unpickle GracefulProcess by reference from this module.
+    uvicorn_multiprocess.Process = GracefulProcess  # type: ignore[misc]
+    config.workers = workers
+    sock = config.bind_socket()
+    uvicorn_multiprocess.Multiprocess(config, sockets=[sock]).run()

@@ -112,13 +112,15 @@ async def run(args: argparse.Namespace) -> dict:
     redis.start()
     proc = None
     logdir = Path(tempfile.mkdtemp(prefix="wt-bench-portfolio-"))
-    result: dict = {"cpu_cores": os.cpu_count(), "connections": args.connections, "feed": args.feed}
+    result: dict = {"cpu_cores": os.cpu_count(), "connections": args.connections, "feed": args.feed,
+                    "web_workers": args.workers}
     try:
         cluster.create_database("bench")
         url = cluster.url("bench")
         env = {"ENV": "development", "DATABASE_URL": url, "REDIS_URL": redis.url, "JWT_SECRET": JWT_SECRET,
                "DATA_DIR": str(logdir), "MARKET_FEED": args.feed, "LOG_LEVEL": "WARNING", "BCRYPT_ROUNDS": "12",
-               "RATE_LIMIT_PER_MINUTE": "100000000", "HOST": "127.0.0.1", "DB_POOL_MAX": "20"}
+               "RATE_LIMIT_PER_MINUTE": "100000000", "HOST": "127.0.0.1", "DB_POOL_MAX": "20",
+               "WEB_WORKERS": str(args.workers)}
         port = free_port()
         proc = start_server(SERVE, env, port, logdir / "server.log")
         await add_synthetic_assets(url)
@@ -196,9 +198,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--feed", choices=["off", "simulator"], default="off")
+    parser.add_argument("--workers", type=int, default=1, help="WEB_WORKERS: server processes on the port")
     args = parser.parse_args()
     r = asyncio.run(run(args))
-    print(f"cpu cores: {r['cpu_cores']}; {args.connections} connections; {args.rounds} x {args.seconds:.0f}s; "
+    print(f"cpu cores: {r['cpu_cores']}; WEB_WORKERS={args.workers}; {args.connections} connections; "
+          f"{args.rounds} x {args.seconds:.0f}s; "
           f"MARKET_FEED={args.feed}; portfolio: {r['holdings']} holdings, 5000 transactions "
           f"({r['stale_prices']} prices from stored bars)")
     for name, label in [("trivial", "GET /health/live (trivial)"), ("authed_trivial", "GET /api/portfolio/{id}"),

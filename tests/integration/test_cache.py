@@ -55,6 +55,20 @@ async def test_incr_and_get_counts_and_reads_in_one_call(cache, unique):
     assert await cache.incr_and_get(counter, 0.3, key) == (1, b"state")
 
 
+async def test_incr_and_get_survives_a_flushed_script_cache(redis_server, unique):
+    """The request path calls EVALSHA directly: after SCRIPT FLUSH (or a Redis restart) it loads the
+    script again instead of failing the request."""
+    cache = RedisCache(redis_server.url)
+    try:
+        counter, key = f"c:{unique}", f"k:{unique}"
+        assert await cache.incr_and_get(counter, 5, key) == (1, None)
+        await cache.client.script_flush()
+        assert await cache.incr_and_get(counter, 5, key) == (2, None)
+        assert await cache.incr_and_get(counter, 5, key) == (3, None)
+    finally:
+        await cache.close()
+
+
 async def test_slots_are_limited_renewable_released_and_expire(cache, unique):
     k = f"slots:{unique}"
     assert [await cache.claim_slot(k, m, 2, 0.4) for m in ("a", "b", "c")] == [True, True, False]

@@ -29,6 +29,8 @@ def test_defaults_are_valid_and_use_the_embedded_database():
         ({"jwt_secret": "short"}, "JWT_SECRET"),
         ({"bcrypt_rounds": "10"}, "BCRYPT_ROUNDS"),
         ({"market_feed": "polygon"}, "POLYGON_API_KEY"),
+        ({"web_workers": "0"}, "WEB_WORKERS"),
+        ({"web_workers": "2"}, "WEB_WORKERS"),  # without REDIS_URL: nothing would be shared
     ],
 )
 def test_an_invalid_value_names_the_variable(env, named):

@@ -1,8 +1,11 @@
-"""app/memo.py: expiry, the size bound (least recently used first), and get_many's one fetch."""
+"""app/memo.py: expiry, the size bound (least recently used first), get_many's one fetch, single flight."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+import pytest
 
 from app.memo import TTLMemo
 
@@ -36,3 +39,63 @@ async def test_get_many_fetches_only_the_missing_once() -> None:
     assert await memo.get_many(["a", "bb", "unknown"], fetch, ttl_of=lambda v: 10.0 * v) == {"a": 1, "bb": 2}
     assert await memo.get_many(["bb", "ccc", "unknown"], fetch) == {"bb": 2, "ccc": 3}
     assert calls == [["a", "bb", "unknown"], ["ccc", "unknown"]]  # unknown keys are asked every time
+
+
+async def test_concurrent_misses_share_one_fetch() -> None:
+    memo: TTLMemo[str, int] = TTLMemo(ttl=10)
+    calls: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def fetch(keys: list[str]) -> dict[str, int]:
+        calls.append(keys)
+        await gate.wait()
+        return {k: len(k) for k in keys if k != "unknown"}
+
+    first = asyncio.create_task(memo.get_many(["a", "bb", "unknown"], fetch))
+    await asyncio.sleep(0)
+    others = [asyncio.create_task(memo.get_many(["bb", "a", "ccc", "unknown"], fetch)) for _ in range(31)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == {"a": 1, "bb": 2}
+    assert await asyncio.gather(*others) == [{"a": 1, "bb": 2, "ccc": 3}] * 31
+    # one fetch for the first caller's keys, one for the key only the others wanted (the first of them)
+    assert calls == [["a", "bb", "unknown"], ["ccc"]]
+
+
+async def test_a_failed_fetch_fails_its_waiters_and_is_not_kept() -> None:
+    memo: TTLMemo[str, int] = TTLMemo(ttl=10)
+    gate = asyncio.Event()
+
+    async def broken(keys: list[str]) -> dict[str, int]:
+        await gate.wait()
+        raise ConnectionError("cache down")
+
+    tasks = [asyncio.create_task(memo.get_many(["a"], broken)) for _ in range(3)]
+    await asyncio.sleep(0)
+    gate.set()
+    for t in tasks:
+        with pytest.raises(ConnectionError):
+            await t
+
+    async def fine(keys: list[str]) -> dict[str, int]:
+        return {k: 7 for k in keys}
+
+    assert await memo.get_many(["a"], fine) == {"a": 7}  # the next caller fetches again
+
+
+async def test_a_waiter_fetches_itself_when_the_fetching_caller_is_cancelled() -> None:
+    memo: TTLMemo[str, int] = TTLMemo(ttl=10)
+    calls: list[list[str]] = []
+
+    async def slow(keys: list[str]) -> dict[str, int]:
+        calls.append(keys)
+        await asyncio.sleep(0.05 if len(calls) == 1 else 0)
+        return {k: 1 for k in keys}
+
+    leader = asyncio.create_task(memo.get_many(["a"], slow))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(memo.get_many(["a"], slow))
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    assert await waiter == {"a": 1}
+    assert calls == [["a"], ["a"]]
