@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import sys
 import time
-import uuid
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -62,6 +63,14 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ID_PREFIX = secrets.token_hex(8)  # per process: ids stay unique across replicas and restarts
+_ID_SEQUENCE = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """32 hex characters like a UUID's, unique per process run (random prefix + counter): uuid4()
+    reads the kernel's random source on every request (~6 µs here), a counter does not."""
+    return f"{_ID_PREFIX}{next(_ID_SEQUENCE):016x}"
 access_log = logging.getLogger("app.access")
 
 
@@ -80,7 +89,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 0

@@ -113,14 +113,21 @@ def decode_token(settings: Settings, encoded: str) -> Token:
 
 
 def claims_of(token: Token) -> tuple[uuid.UUID, uuid.UUID]:
-    """(user id, session id) of a decoded token whose `typ` is access; NotAuthorizedException otherwise."""
+    """(user id, session id) of a decoded token whose `typ` is access; NotAuthorizedException otherwise.
+    Kept on the token object (the verified-token memo hands out the same one for the same string):
+    the rate limiter and the JWT middleware both ask on every request."""
+    claims: tuple[uuid.UUID, uuid.UUID] | None = token.__dict__.get("_wt_claims")
+    if claims is not None:
+        return claims
     extras = token.extras
     if extras.get("typ") != ACCESS_TYPE:
         raise NotAuthorizedException("Invalid token")
     try:
-        return uuid.UUID(token.sub), uuid.UUID(str(extras.get("sid")))
+        claims = uuid.UUID(token.sub), uuid.UUID(str(extras.get("sid")))
     except (ValueError, TypeError, AttributeError):
         raise NotAuthorizedException("Invalid token") from None
+    token.__dict__["_wt_claims"] = claims
+    return claims
 
 
 # --- session state ----------------------------------------------------------------------------------

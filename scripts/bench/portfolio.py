@@ -1,7 +1,7 @@
 """Portfolio benchmark: GET /summary of a large portfolio next to a trivial endpoint, and trade posting.
 
     .venv/bin/python scripts/bench/portfolio.py [--seconds 5] [--rounds 2] [--connections 32]
-                                                [--feed off|simulator]
+                                                [--feed off|simulator] [--workers 1]
 
 Starts its own throwaway PostgreSQL+TimescaleDB cluster and Redis (tests.support.services) and one
 server (`python -m app serve`: uvicorn + uvloop + httptools, one process, Redis-backed). Adds 30
@@ -14,6 +14,8 @@ generator (raw asyncio):
   2. POST /api/portfolio/{id}/transactions (a buy "now") on that one portfolio from N clients:
      transactions per second (they serialize on the portfolio row lock by design), and on N portfolios;
   3. one back-dated POST on the 5,000-entry ledger (a full replay).
+Each load also reports the server's CPU time per request (with --workers N, summed over its processes):
+on a shared VM it moves less from run to run than the latencies do.
 Budget (issue 5): p99 of /summary <= 20 ms at 32 concurrent clients. Numbers depend on the machine.
 """
 
@@ -98,6 +100,7 @@ def ledger_csv(n: int, symbols: list[str]) -> str:
 
 async def run(args: argparse.Namespace) -> dict:
     import httpx
+    import psutil
 
     from tests.support.services import RedisServer, free_port, start_cluster
 
@@ -152,10 +155,29 @@ async def run(args: argparse.Namespace) -> dict:
         await load(port, summary_req, 1.0, args.connections)
         await load(port, trivial_req, 1.0, args.connections)
         rows: dict[str, list[dict]] = {"summary": [], "trivial": [], "authed_trivial": []}
+        server = psutil.Process(proc.pid)
+
+        def server_cpu() -> float:  # the server and, with WEB_WORKERS > 1, its worker processes
+            total = 0.0
+            for p in [server, *server.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+            return total
+
+        async def measured(reqs: list[bytes]) -> dict:
+            """load() plus the server's CPU time per request: steadier than latency on a shared VM."""
+            before = server_cpu()
+            out = await load(port, reqs, args.seconds, args.connections)
+            out["server_cpu_us"] = (server_cpu() - before) / max(1, out["requests"]) * 1e6
+            return out
+
         for _ in range(args.rounds):
-            rows["trivial"].append(await load(port, trivial_req, args.seconds, args.connections))
-            rows["summary"].append(await load(port, summary_req, args.seconds, args.connections))
-            rows["authed_trivial"].append(await load(port, authed_req, args.seconds, args.connections))
+            rows["trivial"].append(await measured(trivial_req))
+            rows["summary"].append(await measured(summary_req))
+            rows["authed_trivial"].append(await measured(authed_req))
         for name, rs in rows.items():
             result[name] = {k: statistics.fmean(r[k] for r in rs) for k in rs[0]}
         result["summary_rps_over_trivial"] = result["summary"]["rps"] / result["trivial"]["rps"]
@@ -209,7 +231,7 @@ def main() -> None:
                         ("summary", "GET /api/portfolio/{id}/summary")]:
         x = r[name]
         print(f"{label:34s}: {x['rps']:8.0f} req/s   p50 {x['p50_ms']:6.2f} ms   p99 {x['p99_ms']:6.2f} ms   "
-              f"errors {x['errors']:.0f}")
+              f"server CPU {x['server_cpu_us']:4.0f} us/req   errors {x['errors']:.0f}")
     print(f"summary / trivial throughput ratio: {r['summary_rps_over_trivial']:.2f}; summary / authenticated "
           f"trivial: {r['summary_rps_over_authed_trivial']:.2f}   "
           f"(budget p99 <= 20 ms: {'met' if r['summary']['p99_ms'] <= 20 else 'NOT met'})")

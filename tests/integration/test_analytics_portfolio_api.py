@@ -150,7 +150,7 @@ async def test_ownership_auth_and_parameters(client, market: Market) -> None:
         assert r.status_code == 404, (path, r.text)
         r = await client.get(f"/api/analytics/portfolio/{pid}/{path}")
         assert r.status_code == 401
-    r = await client.get(f"/api/analytics/portfolio/00000000-0000-0000-0000-000000000000/risk", headers=owner.headers)
+    r = await client.get("/api/analytics/portfolio/00000000-0000-0000-0000-000000000000/risk", headers=owner.headers)
     assert r.status_code == 404
     r = await client.get(f"/api/analytics/portfolio/{pid}/risk", headers=owner.headers, params={"window": "2y"})
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "window"

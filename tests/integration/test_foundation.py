@@ -6,7 +6,6 @@ import logging
 import subprocess
 import sys
 
-import httpx
 from litestar import post
 from litestar.testing import AsyncTestClient
 import msgspec

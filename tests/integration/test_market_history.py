@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import date, datetime, timezone
+from datetime import date
 from decimal import Decimal
 
-import asyncpg
 import pytest
 
 from app.cache import MemoryCache

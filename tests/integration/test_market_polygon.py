@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from datetime import date, datetime, timezone
+from datetime import date
 from decimal import Decimal
 
 import pytest

@@ -9,7 +9,6 @@ import time
 from collections import Counter
 
 import httpx
-import pytest
 
 from tests.support.services import RedisServer, start_cluster
 from tests.support.system import ServeProcess, register_sync, wait_for
