@@ -46,8 +46,9 @@ class TTLMemo(Generic[K, V]):
             earliest = min(earliest, item[0])
         return earliest
 
-    def put(self, key: K, value: V, ttl: float | None = None) -> None:
-        self._items[key] = (time.monotonic() + (self.ttl if ttl is None else ttl), value)
+    def put(self, key: K, value: V, ttl: float | None = None, *, now: float | None = None) -> None:
+        """Keep `value` for `ttl` seconds (the memo's by default) from `now` (time.monotonic())."""
+        self._items[key] = ((time.monotonic() if now is None else now) + (self.ttl if ttl is None else ttl), value)
         self._items.move_to_end(key)
         if self.size is not None:
             while len(self._items) > self.size:
@@ -91,8 +92,12 @@ class TTLMemo(Generic[K, V]):
             self._inflight[key] = flight
         try:
             got = await fetch(keys)
+            # One clock reading for the whole batch: entries fetched together expire together. With a
+            # reading per entry they expired microseconds apart, the next callers refetched them in ever
+            # smaller pieces, and a group of 20 live prices ended up refetched ~20 times as often.
+            now = time.monotonic()
             for key, value in got.items():
-                self.put(key, value, None if ttl_of is None else ttl_of(value))
+                self.put(key, value, None if ttl_of is None else ttl_of(value), now=now)
             flight.set_result(got)
             return got
         except asyncio.CancelledError:

@@ -12,7 +12,6 @@ from typing import Any
 
 from litestar.config.app import AppConfig
 from litestar.connection import ASGIConnection
-from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
@@ -135,21 +134,19 @@ class CounterRateLimitMiddleware(RateLimitMiddleware):
             log.warning("rate-limit store unavailable; request not counted")
             await self.app(scope, receive, send)
             return
-        headers = {
-            "RateLimit-Policy": f"{self.max_requests}; w={window}",
-            "RateLimit-Limit": str(self.max_requests),
-            "RateLimit-Remaining": str(max(0, self.max_requests - count)),
-            "RateLimit-Reset": str(reset),
-        }
+        remaining = str(max(0, self.max_requests - count))
         if count > self.max_requests:
-            raise TooManyRequestsException("too many requests; slow down", headers={**headers, "Retry-After": str(reset)})
+            raise TooManyRequestsException("too many requests; slow down", headers={
+                "RateLimit-Policy": f"{self.max_requests}; w={window}", "RateLimit-Limit": str(self.max_requests),
+                "RateLimit-Remaining": remaining, "RateLimit-Reset": str(reset), "Retry-After": str(reset)})
+        # raw (name, value) pairs appended to the response's: no handler sets these names itself
+        extra = [(b"ratelimit-policy", f"{self.max_requests}; w={window}".encode()),
+                 (b"ratelimit-limit", str(self.max_requests).encode()),
+                 (b"ratelimit-remaining", remaining.encode()), (b"ratelimit-reset", str(reset).encode())]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                mutable = MutableScopeHeaders(message)
-                for name, value in headers.items():
-                    mutable[name] = value
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         await self.app(scope, receive, send_wrapper)

@@ -99,3 +99,20 @@ async def test_a_waiter_fetches_itself_when_the_fetching_caller_is_cancelled() -
     leader.cancel()
     assert await waiter == {"a": 1}
     assert calls == [["a"], ["a"]]
+
+
+async def test_a_batch_expires_together() -> None:
+    """Entries fetched in one call share one expiry: the next miss refetches them in one call too."""
+    memo: TTLMemo[str, int] = TTLMemo()
+    calls: list[list[str]] = []
+
+    async def fetch(keys: list[str]) -> dict[str, int]:
+        calls.append(keys)
+        return {k: 1 for k in keys}
+
+    keys = [f"k{i}" for i in range(200)]
+    await memo.get_many(keys, fetch, ttl_of=lambda v: 0.05)
+    assert len({memo.expires_at([k]) for k in keys}) == 1
+    await asyncio.sleep(0.06)
+    await memo.get_many(keys, fetch, ttl_of=lambda v: 0.05)
+    assert calls == [keys, keys]
