@@ -139,8 +139,10 @@ def _ingest_through_a_restart(test_env, tmp_path, check, outage: float = 3.0) ->
     cluster = start_cluster()
     cluster.create_database("wt_fault_ingest")
     db_url = cluster.url("wt_fault_ingest")
-    proc = ServeProcess({**test_env, "DATABASE_URL": db_url, "DATA_DIR": str(tmp_path), "MARKET_FEED": "simulator",
-                         "SIMULATOR_RATE": "1000", "SYSTEM_SAMPLE_INTERVAL": "0.5"})
+    # its own Redis database too: the simulator's fresh quotes must not reach other tests' prices
+    redis_url = test_env["REDIS_URL"].rsplit("/", 1)[0] + "/10"
+    proc = ServeProcess({**test_env, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "DATA_DIR": str(tmp_path),
+                         "MARKET_FEED": "simulator", "SIMULATOR_RATE": "1000", "SYSTEM_SAMPLE_INTERVAL": "0.5"})
     try:
         proc.start(wait=90)
         base = proc.base_url
