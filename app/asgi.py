@@ -21,7 +21,7 @@ from app import __version__
 from app.cache import create_cache
 from app.config import Settings, load_settings
 from app.context import AppContext
-from app.db import Database, check_timescaledb, create_pool, migrate, statement_lane
+from app.db import Database, check_timescaledb, create_pool, migrate
 from app.errors import EXCEPTION_HANDLERS, AppError
 from app.logs import RequestContextMiddleware, configure_logging
 
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         stack = AsyncExitStack()
         try:
             pool = await create_pool(settings)
-            db = Database(pool, statement_lane(settings))
+            db = Database(pool)
             stack.push_async_callback(db.close)
             async with pool.acquire() as conn:
                 await check_timescaledb(conn)

@@ -38,7 +38,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_command_timeout: float = 30.0
-    db_lane_size: int = 4  # extra connections for single statements, outside the pool (0: none)
     migrate_on_start: bool = True
 
     # --- cache / pub-sub -----------------------------------------------------------------------
@@ -137,8 +136,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise bad("portfolio_import_max_rows", "must be between 1 and 1000000")
         if not 0.05 <= self.portfolio_live_interval <= 60:
             raise bad("portfolio_live_interval", "must be between 0.05 and 60 seconds")
-        if not 0 <= self.db_lane_size <= 64:
-            raise bad("db_lane_size", "must be between 0 and 64")
         if not 1 <= self.web_workers <= 64:
             raise bad("web_workers", "must be between 1 and 64")
         if self.web_workers > 1 and not self.redis_url:

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -183,111 +183,11 @@ async def pending_migrations(conn: asyncpg.Connection, directory: Path = MIGRATI
 
 # --- the Database handle -------------------------------------------------------------------------
 
-class StatementLane:
-    """A few dedicated connections, outside the pool, for `Database`'s single statements (fetch,
-    fetchrow, fetchval, execute: autocommit, nothing left on the connection).
-
-    Why: asyncpg's pool costs ~45 µs of CPU per acquire/release (a queue, a proxy object, a shielded
-    release task, timers) against ~17 µs for the statement itself on a held connection — a tenth of
-    an authenticated API request. Here taking an idle connection is a list pop. When none is idle the
-    statement goes through the pool as before, and the lane opens another connection in the
-    background (up to `size`; after a failed connect, not again for RETRY_AFTER s). A connection whose
-    statement ended in anything but an answer from the server (cancelled, timed out, broken) is
-    terminated, never reused; the pool's connections and transactions are untouched by all this."""
-
-    RETRY_AFTER = 5.0
-
-    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], size: int) -> None:
-        self._connect = connect
-        self.size = size
-        self._idle: list[asyncpg.Connection] = []
-        self._open = 0
-        self._growing: asyncio.Task[None] | None = None
-        self._retry_at = 0.0
-        self._closed = False
-
-    def take(self) -> asyncpg.Connection | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.is_closed():
-                return conn
-            self._open -= 1
-        if (self._growing is None and self._open < self.size and not self._closed
-                and time.monotonic() >= self._retry_at):
-            self._growing = asyncio.get_running_loop().create_task(self._grow())
-        return None
-
-    async def _grow(self) -> None:
-        try:
-            conn = await self._connect()
-        except Exception as exc:  # the pool path still serves; try again later
-            self._retry_at = time.monotonic() + self.RETRY_AFTER
-            log.warning("statement lane: cannot open a connection", extra={"error": str(exc)})
-        else:
-            if self._closed:
-                await conn.close()
-            else:
-                self._open += 1
-                self._idle.append(conn)
-        finally:
-            self._growing = None
-
-    def give_back(self, conn: asyncpg.Connection, reusable: bool) -> None:
-        if reusable and not self._closed and not conn.is_closed():
-            self._idle.append(conn)
-        else:
-            self._open -= 1
-            conn.terminate()
-
-    async def run(self, conn: asyncpg.Connection, method: str, query: str, args: tuple[Any, ...]) -> Any:
-        reusable = False
-        try:
-            result = await getattr(conn, method)(query, *args)
-            reusable = True
-            return result
-        except asyncpg.PostgresError:
-            reusable = True  # the server answered (a constraint, a bad value …): the connection is ready
-            raise
-        finally:
-            self.give_back(conn, reusable)
-
-    def stats(self) -> dict[str, int]:
-        return {"lane": self._open, "lane_idle": len(self._idle)}
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._growing is not None:
-            self._growing.cancel()
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            self._open -= 1
-            try:
-                await asyncio.wait_for(conn.close(), 2.0)
-            except (Exception, asyncio.TimeoutError):
-                conn.terminate()
-
-
-def statement_lane(settings: Settings) -> StatementLane | None:
-    """The app's lane (DB_LANE_SIZE connections; 0: none), connected like the pool's connections."""
-    if settings.db_lane_size <= 0:
-        return None
-
-    async def connect() -> asyncpg.Connection:
-        conn = await asyncpg.connect(settings.effective_database_url, command_timeout=settings.db_command_timeout,
-                                     timeout=10.0)
-        await _init_connection(conn)
-        return conn
-
-    return StatementLane(connect, settings.db_lane_size)
-
-
 class Database:
-    """The pool plus a few conveniences. Handlers receive it by dependency injection. Single
-    statements use the statement lane when there is one (see StatementLane)."""
+    """The pool plus a few conveniences. Handlers receive it by dependency injection."""
 
-    def __init__(self, pool: asyncpg.Pool, lane: StatementLane | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.lane = lane
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -300,28 +200,16 @@ class Database:
             yield conn
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        conn = self.lane.take() if self.lane is not None else None
-        if conn is None:
-            return await self.pool.fetch(query, *args)
-        return await self.lane.run(conn, "fetch", query, args)  # type: ignore[union-attr]
+        return await self.pool.fetch(query, *args)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        conn = self.lane.take() if self.lane is not None else None
-        if conn is None:
-            return await self.pool.fetchrow(query, *args)
-        return await self.lane.run(conn, "fetchrow", query, args)  # type: ignore[union-attr]
+        return await self.pool.fetchrow(query, *args)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        conn = self.lane.take() if self.lane is not None else None
-        if conn is None:
-            return await self.pool.fetchval(query, *args)
-        return await self.lane.run(conn, "fetchval", query, args)  # type: ignore[union-attr]
+        return await self.pool.fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> str:
-        conn = self.lane.take() if self.lane is not None else None
-        if conn is None:
-            return await self.pool.execute(query, *args)
-        return await self.lane.run(conn, "execute", query, args)  # type: ignore[union-attr]
+        return await self.pool.execute(query, *args)
 
     async def ping(self, timeout: float = 2.0) -> float:
         """Round-trip time in milliseconds; raises when the database does not answer in time."""
@@ -332,17 +220,12 @@ class Database:
         return (time.perf_counter() - started) * 1000
 
     def pool_stats(self) -> dict[str, int]:
-        stats = {"size": self.pool.get_size(), "idle": self.pool.get_idle_size(),
-                 "min": self.pool.get_min_size(), "max": self.pool.get_max_size()}
-        if self.lane is not None:
-            stats.update(self.lane.stats())
-        return stats
+        return {"size": self.pool.get_size(), "idle": self.pool.get_idle_size(),
+                "min": self.pool.get_min_size(), "max": self.pool.get_max_size()}
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close gracefully; connections still held after `timeout` are terminated (a stuck query
         must not hold up a shutdown)."""
-        if self.lane is not None:
-            await self.lane.close()
         try:
             await asyncio.wait_for(self.pool.close(), timeout)
         except (TimeoutError, asyncio.TimeoutError):
