@@ -11,7 +11,7 @@ import fnmatch
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
@@ -219,6 +219,10 @@ class RedisCache:
         self.client = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=OPERATION_TIMEOUT,
                                               health_check_interval=10, retry_on_timeout=False)
         self._incr_and_get = self.client.register_script(_INCR_AND_GET)
+        self._batch: list[tuple[str, str, int, asyncio.Future[list[Any]]]] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0  # incr_and_get pipelines sent, and the calls they carried
+        self.batched_calls = 0
         self._claim_slot = self.client.register_script(_CLAIM_SLOT)
 
     def _guard(self) -> _Guard:
@@ -272,13 +276,61 @@ class RedisCache:
 
     async def incr_and_get(self, counter: str, ttl: float, key: str) -> tuple[int, bytes | None]:
         """`incr(counter, ttl)` and `get(key)` in one command (one round trip: the request path's
-        rate-limit count and session lookup together)."""
+        rate-limit count and session lookup together).
+
+        Every authenticated request makes this call, so calls made in the same event-loop turn go to
+        Redis together, in one pipeline: one socket write and one read for the batch instead of one
+        each (a write costs ~25 µs of system time on our VM; 32 concurrent clients batch several)."""
         async with self._guard():
-            try:  # EVALSHA itself: redis-py's Script call adds ~9 µs of bookkeeping to every request
-                count, value = await self.client.evalsha(self._incr_and_get.sha, 2, counter, key, int(ttl * 1000))
-            except NoScriptError:  # a restarted or flushed Redis: load it and run it this once
-                count, value = await self._incr_and_get(keys=[counter, key], args=[int(ttl * 1000)])
+            flight: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            self._batch.append((counter, key, int(ttl * 1000), flight))
+            if len(self._batch) == 1:  # the first of this turn: send after the turn's other callers
+                asyncio.get_running_loop().call_soon(self._send_batch)
+            count, value = await flight
             return int(count), value
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _run_batch(self, batch: list[tuple[str, str, int, asyncio.Future[list[Any]]]]) -> None:
+        sha = self._incr_and_get.sha
+        try:
+            async with asyncio.timeout(OPERATION_TIMEOUT):  # the callers give up then too (their guard)
+                if len(batch) == 1:
+                    counter, key, ttl_ms, _ = batch[0]
+                    try:
+                        results: list[Any] = [await self.client.evalsha(sha, 2, counter, key, ttl_ms)]
+                    except NoScriptError as exc:
+                        results = [exc]
+                else:
+                    pipe = self.client.pipeline(transaction=False)
+                    for counter, key, ttl_ms, _ in batch:
+                        pipe.evalsha(sha, 2, counter, key, ttl_ms)
+                    results = await pipe.execute(raise_on_error=False)
+                self.batches += 1
+                self.batched_calls += len(batch)
+                for (counter, key, ttl_ms, _), i in [(b, i) for i, b in enumerate(batch)
+                                                     if isinstance(results[i], NoScriptError)]:
+                    # a restarted or flushed Redis: the Script call loads it again
+                    results[i] = await self._incr_and_get(keys=[counter, key], args=[ttl_ms])
+        except BaseException as exc:  # every waiter hears of the failure (each its own exception)
+            why = f"no answer within {OPERATION_TIMEOUT} s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            for *_, flight in batch:
+                if not flight.done():
+                    flight.set_exception(CacheUnavailable(f"redis: {why}"))
+            if not isinstance(exc, Exception):  # cancelled (the cache is closing): let it end the task
+                raise
+            return
+        for (*_, flight), result in zip(batch, results, strict=True):
+            if flight.done():  # its caller gave up (timeout, disconnect)
+                continue
+            if isinstance(result, BaseException):
+                flight.set_exception(result)
+            else:
+                flight.set_result(result)
 
     async def claim_slot(self, key: str, member: str, limit: int, ttl: float) -> bool:
         """Take (or renew) one of `limit` slots under `key` for `member`, for `ttl` seconds — a counter

@@ -69,6 +69,24 @@ async def test_incr_and_get_survives_a_flushed_script_cache(redis_server, unique
         await cache.close()
 
 
+async def test_concurrent_incr_and_get_calls_share_pipelines_and_count_exactly(redis_server, unique):
+    """Calls made in the same event-loop turn go to Redis in one pipeline; every count still comes back
+    exactly once, with the right session value, and a NOSCRIPT inside a batch is repaired."""
+    cache = RedisCache(redis_server.url)
+    try:
+        counter, key = f"c:{unique}", f"k:{unique}"
+        await cache.set(key, b"state")
+        results = await asyncio.gather(*[cache.incr_and_get(counter, 5, key) for _ in range(100)])
+        assert sorted(n for n, _ in results) == list(range(1, 101))
+        assert {v for _, v in results} == {b"state"}
+        assert cache.batched_calls == 100 and cache.batches < 10  # batched, not one round trip each
+        await cache.client.script_flush()
+        others = await asyncio.gather(*[cache.incr_and_get(f"{counter}:{i % 3}", 5, key) for i in range(30)])
+        assert sorted(n for n, _ in others) == sorted([*range(1, 11)] * 3)
+    finally:
+        await cache.close()
+
+
 async def test_slots_are_limited_renewable_released_and_expire(cache, unique):
     k = f"slots:{unique}"
     assert [await cache.claim_slot(k, m, 2, 0.4) for m in ("a", "b", "c")] == [True, True, False]
