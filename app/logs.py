@@ -71,6 +71,8 @@ def new_request_id() -> str:
     """32 hex characters like a UUID's, unique per process run (random prefix + counter): uuid4()
     reads the kernel's random source on every request (~6 µs here), a counter does not."""
     return f"{_ID_PREFIX}{next(_ID_SEQUENCE):016x}"
+
+
 access_log = logging.getLogger("app.access")
 
 

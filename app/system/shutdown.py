@@ -134,7 +134,6 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-
 class GracefulProcess(uvicorn_multiprocess.Process):
     """One of uvicorn's worker processes, running `GracefulServer` instead of uvicorn's server."""
 
