@@ -201,6 +201,7 @@ class Derived:
     memo: tuple[Any, Valuation, dict[str, Any]] | None = None  # the last valuation and its prices
     # until this time.monotonic(), none of memo's prices can have changed (their memo entries live on)
     memo_fresh_until: float = float("-inf")
+    revaluing: asyncio.Task[None] | None = None  # a background revaluation under way
 
 
 _STATE: OrderedDict[uuid.UUID, Derived] = OrderedDict()
@@ -325,24 +326,52 @@ async def _prices(ctx: AppContext, symbols: list[str]) -> dict[str, Any]:
                                   ttl_of=lambda p: STORED_PRICE_TTL if p.stale else LIVE_PRICE_TTL)
 
 
+REVALUE_GRACE = LIVE_PRICE_TTL  # how long past its prices' expiry a valuation is served while it is redone
+
+
 async def valuation(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> Valued:
     row = await _owned(ctx, portfolio_id, user_id)
     version = int(row["ledger_version"])
     d = await derived(ctx, portfolio_id, version, row["cost_basis_method"])
     memo = d.memo
-    if memo is not None and time.monotonic() < d.memo_fresh_until and memo[0][0] == d.day:
-        # the prices it was valued at are all still the memoized ones: nothing to look up or compare
-        return Valued(memo[1], version, row["base_currency"], memo[2])
+    if memo is not None and memo[0][0] == d.day:
+        now = time.monotonic()
+        if now < d.memo_fresh_until:
+            # the prices it was valued at are all still the memoized ones: nothing to look up or compare
+            return Valued(memo[1], version, row["base_currency"], memo[2])
+        if now < d.memo_fresh_until + REVALUE_GRACE:
+            # Just expired, so requests are coming in: they get this valuation (its live prices at most
+            # LIVE_PRICE_TTL + REVALUE_GRACE old) while one task values afresh. Under load every request
+            # that waited for the refresh lost a whole event-loop turn (the p99 with live prices).
+            if d.revaluing is None:
+                d.revaluing = asyncio.get_running_loop().create_task(_revalue_in_background(ctx, d))
+            return Valued(memo[1], version, row["base_currency"], memo[2])
+    memo = await _revalue(ctx, d)
+    return Valued(memo[1], version, row["base_currency"], memo[2])
+
+
+async def _revalue(ctx: AppContext, d: Derived) -> tuple[Any, Valuation, dict[str, Any]]:
+    """Value `d` at current prices (again only if they moved) and note until when those prices hold."""
     symbols = sorted({p.symbol for p in d.state.positions.values() if p.lots} |
                      {t.symbol for t in d.today or () if t.symbol})
     prices = await _prices(ctx, symbols) if symbols else {}
     key = (d.day, len(d.today or ()),
            tuple((s, p.price, p.previous_close, p.stale, p.as_of) for s, p in sorted(prices.items())))
+    memo = d.memo
     if memo is None or memo[0] != key:  # prices moved (or the day): value again
         memo = d.memo = (key, value(d.state, prices, d.today or [], d.snaps), {})
     # symbols without any price are looked up again on the next request, as before
     d.memo_fresh_until = _PRICES.expires_at(symbols) if len(prices) == len(symbols) else float("-inf")
-    return Valued(memo[1], version, row["base_currency"], memo[2])
+    return memo
+
+
+async def _revalue_in_background(ctx: AppContext, d: Derived) -> None:
+    try:
+        await _revalue(ctx, d)
+    except Exception:  # the next request past the grace values inline and reports the error itself
+        log.warning("background revaluation failed", exc_info=True)
+    finally:
+        d.revaluing = None
 
 
 async def get_holdings(ctx: AppContext, portfolio_id: uuid.UUID, user_id: uuid.UUID) -> HoldingsView:

@@ -520,3 +520,53 @@ async def test_openapi_lists_the_portfolio_api(client: AsyncTestClient) -> None:
                  "/api/portfolio/{portfolio_id}/performance", "/api/portfolio/{portfolio_id}/import",
                  "/api/portfolio/{portfolio_id}/export"):
         assert path in paths, path
+
+
+async def test_a_just_expired_valuation_is_served_while_one_task_redoes_it(client: AsyncTestClient, user: TestUser,
+                                                                         settings: Any) -> None:
+    """Live prices: within REVALUE_GRACE past its prices' expiry, a request gets the valuation of moments
+    ago and one background task values afresh; past the grace, the request values inline."""
+    import time as clock
+
+    import msgspec
+
+    from app.cache import create_cache
+    from app.context import AppContext
+    from app.db import Database, create_pool
+    from app.market.snapshot import Snapshot, snapshot_key
+    from app.portfolio import service
+
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    ctx = AppContext(settings=settings, db=Database(pool), cache=create_cache(settings.redis_url))
+    symbol = "XOM"
+
+    async def quote(price: str) -> None:
+        now = int(clock.time() * 1000)
+        await ctx.cache.set(snapshot_key(symbol), msgspec.json.encode(
+            Snapshot(symbol=symbol, price=Decimal(price), trade_ts=now, prev_close=Decimal(100), updated=now)))
+        service._PRICES.clear()  # the next lookup reads the quote cache
+
+    try:
+        pid = uuid.UUID(await new_portfolio(client, user))
+        await post_tx(client, user, str(pid), {"type": "buy", "symbol": symbol, "quantity": "10", "price": "100"})
+        await quote("110")
+        v1 = await service.valuation(ctx, pid, user.id)
+        assert v1.valuation.market_value == 1100
+        d = service._STATE[pid]
+        assert d.memo_fresh_until > clock.monotonic()  # a live price: memoized for LIVE_PRICE_TTL
+        await quote("120")
+        d.memo_fresh_until = clock.monotonic() - 0.001  # just expired
+        v2 = await service.valuation(ctx, pid, user.id)
+        assert v2.valuation.market_value == 1100 and d.revaluing is not None  # served, being redone
+        task = d.revaluing
+        await service.valuation(ctx, pid, user.id)
+        assert d.revaluing in (task, None)  # never a second task for the same refresh
+        await task
+        assert d.revaluing is None
+        assert (await service.valuation(ctx, pid, user.id)).valuation.market_value == 1200
+        await quote("130")
+        d.memo_fresh_until = clock.monotonic() - service.REVALUE_GRACE - 0.001  # long expired
+        assert (await service.valuation(ctx, pid, user.id)).valuation.market_value == 1300  # inline
+    finally:
+        await ctx.cache.close()
+        await pool.close()
