@@ -123,8 +123,8 @@ class CounterRateLimitMiddleware(RateLimitMiddleware):
         key = f"rl:{self.get_identifier_for_request(request)}:{bucket}"
         session_key = None if ctx is None else session_key_of_bearer(ctx.settings, request.headers.get("authorization"))
         try:
-            if session_key is None:  # the same batched command; its "session" read is the counter itself
-                count, _ = await cache.incr_and_get(key, window + 1, key)
+            if session_key is None:
+                count = await cache.incr(key, ttl=window + 1)
             else:
                 count, cached = await cache.incr_and_get(key, window + 1, session_key)
                 scope[_SCOPE_PREFETCH_KEY] = (session_key, cached)  # type: ignore[literal-required]

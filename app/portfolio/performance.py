@@ -39,8 +39,11 @@ class DailySeries:
 
 
 def daily_values(txs: Sequence[Tx], method: CostMethod | str, closes: dict[str, list[tuple[date, Decimal]]],
-                 dates: Sequence[date], *, with_weights: bool = False) -> DailySeries:
+                 dates: Sequence[date], *, with_weights: bool = False,
+                 close_days: set[date] | None = None) -> DailySeries:
     """Replay the ledger across `dates` (ascending). `closes[symbol]` is ascending by date.
+    `close_days`: the days of `dates` on which some symbol of `closes` has a close, when the caller
+    has them already (else they are collected here).
 
     `executed_at` is expected in UTC; its calendar date decides the day an entry counts on.
     """
@@ -54,7 +57,8 @@ def daily_values(txs: Sequence[Tx], method: CostMethod | str, closes: dict[str, 
     i = 0
     n = len(ordered)
     weights: dict[str, list[float]] = {}
-    close_days = {d for series in closes.values() for d, _ in series}
+    if close_days is None:
+        close_days = {d for series in closes.values() for d, _ in series}
     out.market_days = [d in close_days for d in out.dates]
     with localcontext(LEDGER_CONTEXT):
         for k, day in enumerate(dates):

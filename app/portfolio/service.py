@@ -724,14 +724,14 @@ async def _series(ctx: AppContext, txs: list[Tx], method: str, start: date | Non
         end = max((d for d in (last_close, last_tx) if d is not None), default=datetime.now(UTC).date())
     if start is None:
         start = first_tx or end
-    days = {d for sym in symbols for d, _ in closes.get(sym, ()) if start <= d <= end}
-    days.update(t.executed_at.date() for t in txs if start <= t.executed_at.date() <= end)
-    dates = sorted(days)
+    close_days = {d for sym in symbols for d, _ in closes.get(sym, ()) if start <= d <= end}
+    dates = sorted(close_days.union(t.executed_at.date() for t in txs if start <= t.executed_at.date() <= end))
     held = {s: closes.get(s, []) for s in symbols}
     if len(dates) * max(len(symbols), 1) > 20_000:
-        series = await asyncio.to_thread(perf.daily_values, txs, method, held, dates, with_weights=with_weights)
+        series = await asyncio.to_thread(perf.daily_values, txs, method, held, dates, with_weights=with_weights,
+                                         close_days=close_days)
     else:
-        series = perf.daily_values(txs, method, held, dates, with_weights=with_weights)
+        series = perf.daily_values(txs, method, held, dates, with_weights=with_weights, close_days=close_days)
     return series, closes
 
 
